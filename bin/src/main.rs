@@ -1,1 +1,129 @@
-fn main() {}
+//! The `mpanel` binary: subcommands and wiring only.
+
+use std::io::IsTerminal;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use mpanel_adapters::bus::CommandBus;
+use mpanel_adapters::config::{self, Config, Env};
+use mpanel_domain::values::Email;
+use secrecy::SecretString;
+
+/// mpanel: event-sourced order and provisioning engine for hosting companies.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the API and run the feed runners and the saga (everything in one process).
+    Serve,
+    /// Apply the database migrations.
+    Migrate,
+    /// Seed data.
+    Seed {
+        #[command(subcommand)]
+        what: SeedWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum SeedWhat {
+    /// The demo tenant `migrahosting` with an admin, a product and a monthly price (idempotent).
+    /// The admin password is read from MPANEL_SEED_ADMIN_PASSWORD, never from the command line.
+    Demo {
+        /// The admin's e-mail address.
+        #[arg(
+            long,
+            env = "MPANEL_SEED_ADMIN_EMAIL",
+            default_value = "admin@migrahosting.test"
+        )]
+        admin_email: String,
+    },
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if std::io::stderr().is_terminal() {
+        builder.init();
+    } else {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init();
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    init_tracing();
+    match cli.command {
+        Command::Serve => {
+            let config = Config::load(&Env).context("invalid configuration")?;
+            mpanel_adapters::runtime::serve(config, shutdown_signal()).await?;
+        }
+        Command::Migrate => {
+            let pool = pool().await?;
+            mpanel_adapters::MIGRATOR
+                .run(&pool)
+                .await
+                .context("applying migrations")?;
+            tracing::info!("migrations applied");
+        }
+        Command::Seed {
+            what: SeedWhat::Demo { admin_email },
+        } => {
+            let email =
+                Email::parse(&admin_email).map_err(|e| anyhow::anyhow!("--admin-email {e}"))?;
+            let password = std::env::var("MPANEL_SEED_ADMIN_PASSWORD")
+                .ok()
+                .filter(|p| p.len() >= 12)
+                .context("MPANEL_SEED_ADMIN_PASSWORD must be set to at least 12 characters")?;
+            let pool = pool().await?;
+            let bus = CommandBus::new(&pool);
+            let seeded =
+                mpanel_adapters::seed::demo(&pool, &bus, &email, &SecretString::from(password))
+                    .await?;
+            println!("{}", serde_json::to_string(&seeded)?);
+        }
+    }
+    Ok(())
+}
+
+async fn pool() -> Result<sqlx::PgPool> {
+    let url = config::database_url(&Env).context("invalid configuration")?;
+    config::connect(&url, 4)
+        .await
+        .context("connecting to Postgres")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
+    }
+    tracing::info!("shutdown signal received");
+}

@@ -1,0 +1,123 @@
+//! Liveness, readiness and health.
+//!
+//! `/api/live` says the process answers; `/api/ready` says it can do its job (Postgres
+//! reachable, every embedded migration applied) and is what load balancers and `up.sh --detach`
+//! wait for; `/api/health` reports each dependency with its latency for humans.
+
+use std::time::Instant;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+
+use super::problem::ApiError;
+use super::AppState;
+use crate::MIGRATOR;
+
+/// `GET /`: name, version, links.
+pub async fn index() -> Json<Value> {
+    Json(json!({
+        "name": "mpanel",
+        "version": env!("CARGO_PKG_VERSION"),
+        "links": {
+            "health": "/api/health",
+            "ready": "/api/ready",
+            "live": "/api/live",
+            "publicProducts": "/api/public/products?tenant={slug}",
+            "orders": "/api/orders"
+        }
+    }))
+}
+
+/// `GET /api/live`: the process is up.
+pub async fn live() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+struct Check {
+    ok: bool,
+    latency_ms: f64,
+    detail: Option<String>,
+}
+
+async fn check_postgres(state: &AppState) -> Check {
+    let start = Instant::now();
+    let result = sqlx::query("SELECT 1").execute(&state.pool).await;
+    Check {
+        ok: result.is_ok(),
+        latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+        detail: result.err().map(|_| "unreachable".to_owned()),
+    }
+}
+
+async fn check_migrations(state: &AppState) -> Check {
+    let start = Instant::now();
+    let applied: Result<Vec<i64>, _> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+            .fetch_all(&state.pool)
+            .await;
+    let (ok, detail) = match applied {
+        Ok(applied) => {
+            let missing = MIGRATOR
+                .iter()
+                .filter(|m| !applied.contains(&m.version))
+                .count();
+            (
+                missing == 0,
+                (missing > 0)
+                    .then(|| format!("{missing} migration(s) not applied; run `mpanel migrate`")),
+            )
+        }
+        Err(_) => (
+            false,
+            Some("migrations table missing; run `mpanel migrate`".to_owned()),
+        ),
+    };
+    Check {
+        ok,
+        latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+        detail,
+    }
+}
+
+/// `GET /api/ready`: 200 when Postgres answers and migrations are applied, else 503.
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let pg = check_postgres(&state).await;
+    if !pg.ok {
+        return Err(ApiError::Unavailable("postgres unreachable".into()));
+    }
+    let migrations = check_migrations(&state).await;
+    if !migrations.ok {
+        return Err(ApiError::Unavailable(migrations.detail.unwrap_or_default()));
+    }
+    Ok(Json(json!({ "status": "ready" })))
+}
+
+/// `GET /api/health`: each dependency with status and latency.
+pub async fn health(State(state): State<AppState>) -> Response {
+    let pg = check_postgres(&state).await;
+    let migrations = if pg.ok {
+        check_migrations(&state).await
+    } else {
+        Check {
+            ok: false,
+            latency_ms: 0.0,
+            detail: Some("postgres unreachable".into()),
+        }
+    };
+    let ok = pg.ok && migrations.ok;
+    let render = |c: &Check| json!({ "status": if c.ok { "ok" } else { "down" }, "latencyMs": c.latency_ms, "detail": c.detail });
+    let body = json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "checks": { "postgres": render(&pg), "migrations": render(&migrations) }
+    });
+    let status = if ok {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}

@@ -1,0 +1,165 @@
+//! Errors as RFC 9457 `application/problem+json`, with a stable `type` per kind.
+//!
+//! Handlers return [`ApiError`]; none builds a status code by hand. A 500 never carries the
+//! underlying error (it is logged instead), so database messages cannot leak to clients.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+/// One field's problem in a request body or query.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FieldError {
+    /// The field's name as the client sent it (`customerEmail`), or `body`.
+    pub field: String,
+    /// Why it was refused.
+    pub reason: String,
+}
+
+impl FieldError {
+    /// A field error.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Everything a handler can answer besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Missing or wrong credentials.
+    #[error("{0}")]
+    Unauthorized(&'static str),
+    /// The body or query is invalid; each field says why.
+    #[error("invalid request")]
+    Validation(Vec<FieldError>),
+    /// The body is not JSON.
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
+    /// The body is larger than the limit.
+    #[error("payload too large")]
+    PayloadTooLarge,
+    /// No such resource (or not visible to the caller).
+    #[error("{0}")]
+    NotFound(&'static str),
+    /// The request contradicts what is already recorded.
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// A dependency is down; try again later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// A bug or an unexpected failure; details are logged, not returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ApiError {
+    /// A validation error for one field.
+    pub fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self::Validation(vec![FieldError::new(field, reason)])
+    }
+
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Self::Validation(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation",
+                "Invalid request",
+            ),
+            Self::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "Unsupported media type",
+            ),
+            Self::PayloadTooLarge => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload-too-large",
+                "Payload too large",
+            ),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [FieldError]>,
+}
+
+/// The `application/problem+json` content type.
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug, title) = self.parts();
+        let detail = match &self {
+            Self::Unauthorized(d) | Self::NotFound(d) | Self::Conflict(d) => Some((*d).to_owned()),
+            Self::Validation(errors) => Some(
+                errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.reason))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            ),
+            Self::Unavailable(d) => {
+                tracing::warn!(error = %d, "dependency unavailable");
+                Some("a dependency is unavailable; try again shortly".to_owned())
+            }
+            Self::Internal(d) => {
+                tracing::error!(error = %d, "internal error");
+                None
+            }
+            Self::UnsupportedMediaType => Some("send the body as application/json".to_owned()),
+            Self::PayloadTooLarge => Some("the request body exceeds the size limit".to_owned()),
+        };
+        let errors = match &self {
+            Self::Validation(errors) => Some(errors.as_slice()),
+            _ => None,
+        };
+        let body = Problem {
+            kind: format!("urn:mpanel:problem:{slug}"),
+            title,
+            status: status.as_u16(),
+            detail,
+            errors,
+        };
+        let bytes = serde_json::to_vec(&body).unwrap_or_else(|_| b"{}".to_vec());
+        let mut response = (status, bytes).into_response();
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        response
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(e: sqlx::Error) -> Self {
+        match e {
+            sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
+                Self::Unavailable(e.to_string())
+            }
+            other => Self::Internal(other.to_string()),
+        }
+    }
+}

@@ -1,0 +1,131 @@
+//! The saga runner: a feed subscriber that executes the domain's saga decisions.
+//!
+//! Delivery is at least once (a crash between a command and the checkpoint repeats the
+//! command); the decisions target derived ids and idempotent commands, so the effect is exactly
+//! once. A command the domain refuses is a decision, not a failure (e.g. fulfilling a cancelled
+//! order): it is logged and the saga moves on. Infrastructure failures are returned so the
+//! runner retries the same event.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use mpanel_domain::job::JobEvent;
+use mpanel_domain::order::OrderEvent;
+use mpanel_domain::saga::{react, SagaCommand, SagaEvent, SagaPolicy};
+use mpanel_domain::subscription::SubscriptionEvent;
+use mpanel_projections::{FeedEvent, Reactor, SubscriberError};
+use uuid::Uuid;
+
+use crate::bus::{BusError, CommandBus};
+use crate::metadata::EventMetadata;
+
+/// Executes saga decisions for each event of the feed.
+pub struct SagaRunner {
+    bus: Arc<CommandBus>,
+    policy: SagaPolicy,
+}
+
+impl SagaRunner {
+    /// A saga executing through `bus`.
+    #[must_use]
+    pub fn new(bus: Arc<CommandBus>, policy: SagaPolicy) -> Self {
+        Self { bus, policy }
+    }
+
+    async fn execute(
+        &self,
+        command: SagaCommand,
+        metadata: &EventMetadata,
+    ) -> Result<(), SubscriberError> {
+        let result = match command {
+            SagaCommand::Order(id, c) => self
+                .bus
+                .orders
+                .execute(id, c, metadata)
+                .await
+                .map(drop)
+                .map_err(outcome),
+            SagaCommand::Subscription(id, c) => self
+                .bus
+                .subscriptions
+                .execute(id, c, metadata)
+                .await
+                .map(drop)
+                .map_err(outcome),
+            SagaCommand::Job(id, c) => self
+                .bus
+                .jobs
+                .execute(id, c, metadata)
+                .await
+                .map(drop)
+                .map_err(outcome),
+        };
+        match result {
+            Ok(()) => Ok(()),
+            Err(Outcome::Refused(reason)) => {
+                tracing::warn!(reason = %reason, "saga command refused by the domain; moving on");
+                Ok(())
+            }
+            Err(Outcome::Failed(error)) => Err(SubscriberError::Other(error)),
+        }
+    }
+}
+
+enum Outcome {
+    Refused(String),
+    Failed(String),
+}
+
+fn outcome<E: std::error::Error>(error: BusError<E>) -> Outcome {
+    match error {
+        BusError::Rejected(e) => Outcome::Refused(e.to_string()),
+        other => Outcome::Failed(other.to_string()),
+    }
+}
+
+#[async_trait]
+impl Reactor for SagaRunner {
+    fn name(&self) -> &'static str {
+        "saga"
+    }
+
+    async fn react(&self, event: &FeedEvent) -> Result<(), SubscriberError> {
+        let Ok(id) = Uuid::parse_str(&event.aggregate_id) else {
+            return Ok(());
+        };
+        let commands = match event.aggregate_type.as_str() {
+            "Order" => react(
+                self.policy,
+                SagaEvent::Order(id, &event.decode::<OrderEvent>()?),
+                event.recorded_at,
+            ),
+            "Subscription" => react(
+                self.policy,
+                SagaEvent::Subscription(id, &event.decode::<SubscriptionEvent>()?),
+                event.recorded_at,
+            ),
+            "Job" => react(
+                self.policy,
+                SagaEvent::Job(id, &event.decode::<JobEvent>()?),
+                event.recorded_at,
+            ),
+            _ => vec![],
+        };
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let correlation = event
+            .meta("correlation_id")
+            .and_then(|c| Uuid::parse_str(c).ok());
+        for command in commands {
+            let mut metadata = EventMetadata::new("saga")
+                .caused_by(event.position)
+                .traced(event.meta("traceparent").map(str::to_owned));
+            if let Some(c) = correlation {
+                metadata = metadata.correlated(c);
+            }
+            self.execute(command, &metadata).await?;
+        }
+        Ok(())
+    }
+}
