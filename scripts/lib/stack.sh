@@ -324,8 +324,9 @@ pg_as_postgres() { runuser -u postgres -- "$@"; }
 
 pg_running() {
   [[ -s $PG_DATA/PG_VERSION ]] || return 1
-  # pg_ctl status copes with a stale postmaster.pid (exit 3 = not running).
-  pg_as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1
+  # pg_ctl status copes with a stale postmaster.pid (exit 3 = not running); a killed postmaster
+  # stays a zombie for a moment, which pg_ctl still counts as running, hence pid_alive too.
+  pg_as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1 && pid_alive "$(pg_pid)" postgres
 }
 
 pg_pid() { read_pid "$PG_DATA/postmaster.pid"; }
@@ -403,10 +404,29 @@ pg_start() {
   log "postgres: starting on 127.0.0.1:$PG_PORT"
   # pg_ctl runs as postgres; its stdout/stderr (and the server's) is our log, opened by root, so
   # the log can live under a 0700 tree. pg_ctl removes a stale postmaster.pid itself.
-  if ! pg_as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -w -t 60 start </dev/null >>"$PG_LOG" 2>&1; then
-    show_log_tail "$PG_LOG"
-    die "postgres: failed to start"
+  # After a crash the old postmaster may linger as a zombie for a moment, and postgres itself
+  # refuses to start while the pid in postmaster.pid exists at all: wait for it to vanish.
+  local old_pid i
+  old_pid=$(pg_pid)
+  if [[ -n $old_pid ]]; then
+    for ((i = 0; i < 100; i++)); do
+      ps -p "$old_pid" >/dev/null 2>&1 || break
+      sleep 0.1
+    done
   fi
+  # Orphaned backends of a killed postmaster may still hold the shared memory for a moment:
+  # retry a few times before giving up.
+  for ((i = 1; ; i++)); do
+    if pg_as_postgres "$PG_BIN/pg_ctl" -D "$PG_DATA" -w -t 60 start </dev/null >>"$PG_LOG" 2>&1 9>&-; then
+      break
+    fi
+    if ((i >= 3)); then
+      show_log_tail "$PG_LOG"
+      die "postgres: failed to start"
+    fi
+    warn "postgres: start attempt $i failed, retrying"
+    sleep 2
+  done
   wait_until 30 "postgres to answer on 127.0.0.1:$PG_PORT" "$PG_LOG" pg_ready || die "postgres: not ready"
   pg_create_databases
   log "postgres: ready (pid $(pg_pid))"
@@ -452,7 +472,7 @@ appendonly no
 EOF
   rm -f "$REDIS_PID"
   log "redis: starting on 127.0.0.1:$REDIS_PORT"
-  redis-server "$REDIS_CONF" </dev/null >>"$REDIS_LOG" 2>&1 || {
+  redis-server "$REDIS_CONF" </dev/null >>"$REDIS_LOG" 2>&1 9>&- || {
     show_log_tail "$REDIS_LOG"
     die "redis: failed to start"
   }
@@ -522,7 +542,7 @@ distributor-threads=1
 EOF
   rm -f "$PDNS_PID"
   log "pdns: starting (DNS 127.0.0.1:$PDNS_DNS_PORT, API 127.0.0.1:$PDNS_API_PORT)"
-  pdns_server --config-dir="$PDNS_DIR" </dev/null >>"$PDNS_LOG" 2>&1 &
+  pdns_server --config-dir="$PDNS_DIR" </dev/null >>"$PDNS_LOG" 2>&1 9>&- &
   local pid=$!
   printf '%s\n' "$pid" >"$PDNS_PID"
   wait_until 20 "PowerDNS API on 127.0.0.1:$PDNS_API_PORT" "$PDNS_LOG" \
@@ -610,7 +630,7 @@ EOF
   log "sshd: starting on 127.0.0.1:$SSH_PORT_"
   # sshd daemonizes itself and writes PidFile.
   # shellcheck disable=SC2094 # -E appends to the same log; nothing reads it here
-  /usr/sbin/sshd -f "$SSHD_CONF" -E "$SSHD_LOG" </dev/null >>"$SSHD_LOG" 2>&1 || {
+  /usr/sbin/sshd -f "$SSHD_CONF" -E "$SSHD_LOG" </dev/null >>"$SSHD_LOG" 2>&1 9>&- || {
     show_log_tail "$SSHD_LOG"
     die "sshd: failed to start"
   }
@@ -723,7 +743,7 @@ dovecot_start() {
   rm -rf "$DOVECOT_BASE_DIR"
   log "dovecot: starting IMAP on 127.0.0.1:$IMAP_PORT"
   # dovecot forks into the background and keeps the caller's stderr open: never a pipe.
-  dovecot -c "$DOVECOT_CONF" </dev/null >>"$DOVECOT_LOG" 2>&1 || {
+  dovecot -c "$DOVECOT_CONF" </dev/null >>"$DOVECOT_LOG" 2>&1 9>&- || {
     show_log_tail "$DOVECOT_LOG"
     die "dovecot: failed to start"
   }
@@ -742,7 +762,8 @@ dovecot_stop() {
 # Whole stack
 # ---------------------------------------------------------------------------------------------
 
-# Serialise concurrent start/stop runs (e.g. two test.sh at once) on one lock file.
+# Serialise concurrent start/stop runs (e.g. two test.sh at once) on one lock file (fd 9).
+# Every daemon is started with 9>&- so it does not inherit (and hold) the lock forever.
 stack_lock() {
   mkdir -p "$STACK_DIR"
   exec 9>"$STACK_DIR/.lock"
@@ -795,7 +816,7 @@ stack_status() {
   local rc=0 state pid
   _status_line() {
     local pid=$3
-    [[ $2 == up || $2 == starting ]] || pid=-
+    [[ $2 == up || $2 == starting || $1 == SERVICE ]] || pid=-
     printf '%-9s %-8s %-8s %s\n' "$1" "$2" "${pid:--}" "$4"
   }
   _status_line SERVICE STATE PID ADDRESS
