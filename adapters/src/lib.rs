@@ -10,6 +10,7 @@ pub mod http;
 pub mod intake;
 pub mod metadata;
 pub mod passwords;
+pub mod provisioners;
 pub mod runtime;
 pub mod saga;
 pub mod seed;
