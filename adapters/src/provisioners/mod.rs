@@ -46,3 +46,7 @@ pub trait Provisioner: Send + Sync {
     /// [`ProvisionError`] with a secret-free message.
     async fn provision(&self, request: &ProvisionRequest) -> Result<StepOutcome, ProvisionError>;
 }
+
+pub mod dns;
+pub mod hosting;
+pub mod mail;

@@ -1,0 +1,1 @@
+//! dns provisioner (being written).

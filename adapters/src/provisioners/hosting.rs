@@ -1,0 +1,1 @@
+//! hosting provisioner (being written).

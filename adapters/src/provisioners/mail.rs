@@ -1,0 +1,1 @@
+//! mail provisioner (being written).
