@@ -25,6 +25,12 @@ set +a
 export DATABASE_URL="postgres://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/mpanel_test"
 export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 
+# Black-box tests create one database per app (mpanel_bb_*); drop what earlier runs left.
+pg_psql -At -c "SELECT datname FROM pg_database WHERE datname LIKE 'mpanel\_bb\_%'" |
+  while read -r db; do
+    pg_psql -c "DROP DATABASE IF EXISTS \"$db\"" || true
+  done
+
 command -v cargo >/dev/null || die "cargo not found in PATH"
 
 declare -a results=()

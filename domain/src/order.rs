@@ -127,6 +127,7 @@ impl PlaceOrder {
 
 /// Commands on an order.
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // short-lived values; boxing would only add noise to matches
 pub enum OrderCommand {
     /// Records a paid order (idempotent for the same purchase).
     Place(PlaceOrder),
@@ -148,6 +149,7 @@ pub enum OrderCommand {
 
 /// Events of an order.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[allow(clippy::large_enum_variant)] // short-lived values; boxing would only add noise to matches
 pub enum OrderEvent {
     /// A paid order was accepted.
     OrderPlaced(PlaceOrder),

@@ -1,1 +1,265 @@
-//! tests
+//! Black-box test harness: runs the real `mpanel` binary against the real local stack.
+//!
+//! Each [`TestApp`] gets a database of its own (created here, migrated and seeded by the binary
+//! itself), a free loopback port and fresh secrets, then `mpanel serve` is started as a child
+//! process and awaited on `/api/ready`. Tests talk HTTP to it and read the database to check what
+//! was (or was not) written. The stack's services come from `scripts/test.sh`, which exports
+//! `DATABASE_URL` and the rest.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The mpanel binary under test: `MPANEL_BIN`, else `target/debug/mpanel` of this workspace.
+#[must_use]
+pub fn mpanel_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("MPANEL_BIN") {
+        return PathBuf::from(bin);
+    }
+    let target = std::env::var("CARGO_TARGET_DIR").map_or_else(
+        |_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"),
+        PathBuf::from,
+    );
+    target.join("debug/mpanel")
+}
+
+/// The Postgres URL of the stack (a database the tests may create others beside).
+///
+/// # Panics
+/// When `DATABASE_URL` is not set: run the suite through `scripts/test.sh`.
+#[must_use]
+pub fn admin_database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .expect("DATABASE_URL must be set; run the suite with scripts/test.sh")
+}
+
+fn with_database(url: &str, db: &str) -> String {
+    let (base, _) = url
+        .rsplit_once('/')
+        .expect("DATABASE_URL has a database name");
+    format!("{base}/{db}")
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes.div_ceil(16))
+        .map(|_| Uuid::new_v4().simple().to_string())
+        .collect::<String>()[..bytes * 2]
+        .to_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// A running mpanel with its own database.
+pub struct TestApp {
+    /// Base URL, e.g. `http://127.0.0.1:41234`.
+    pub url: String,
+    /// The app's database.
+    pub pool: PgPool,
+    /// Its `DATABASE_URL`.
+    pub database_url: String,
+    /// The marketing webhook secret it accepts.
+    pub webhook_secret: String,
+    /// The seeded admin password (to check it never appears in logs).
+    pub admin_password: String,
+    /// The JWT secret.
+    pub jwt_secret: String,
+    /// The demo tenant's slug.
+    pub tenant: String,
+    /// The demo price.
+    pub price_id: Uuid,
+    /// The demo product.
+    pub product_id: Uuid,
+    /// Where the server's stderr goes.
+    pub log_path: PathBuf,
+    /// An HTTP client.
+    pub http: reqwest::Client,
+    child: Child,
+}
+
+impl TestApp {
+    /// Creates a database, migrates and seeds it with the binary, and starts `mpanel serve`.
+    ///
+    /// # Panics
+    /// When any step fails (this is test setup).
+    pub async fn spawn() -> Self {
+        let admin_url = admin_database_url();
+        let db = format!("mpanel_bb_{}", Uuid::new_v4().simple());
+        let admin = PgPoolOptions::new()
+            .max_connections(1)
+            .connect(&admin_url)
+            .await
+            .expect("connect admin db");
+        sqlx::query(&format!("CREATE DATABASE {db}"))
+            .execute(&admin)
+            .await
+            .expect("create database");
+        admin.close().await;
+        let database_url = with_database(&admin_url, &db);
+        let webhook_secret = random_hex(32);
+        let jwt_secret = random_hex(32);
+        let admin_password = random_hex(16);
+        let bin = mpanel_bin();
+        assert!(
+            bin.exists(),
+            "{} missing: run `cargo build -p mpanel` (scripts/test.sh does)",
+            bin.display()
+        );
+
+        let status = Command::new(&bin)
+            .arg("migrate")
+            .env("DATABASE_URL", &database_url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("run migrate");
+        assert!(status.success(), "mpanel migrate failed");
+        let seeded = Command::new(&bin)
+            .args(["seed", "demo"])
+            .env("DATABASE_URL", &database_url)
+            .env("MPANEL_SEED_ADMIN_PASSWORD", &admin_password)
+            .stderr(Stdio::null())
+            .output()
+            .expect("run seed");
+        assert!(seeded.status.success(), "mpanel seed demo failed");
+        let seeded: Value = serde_json::from_slice(&seeded.stdout).expect("seed prints JSON");
+        let uuid =
+            |k: &str| Uuid::parse_str(seeded[k].as_str().expect("seed field")).expect("uuid");
+
+        let port = free_port();
+        let log_dir = std::env::temp_dir().join("mpanel-tests");
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        let log_path = log_dir.join(format!("{db}.log"));
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let child = Command::new(&bin)
+            .arg("serve")
+            .env("DATABASE_URL", &database_url)
+            .env("HOST", "127.0.0.1")
+            .env("PORT", port.to_string())
+            .env("MARKETING_WEBHOOK_SECRET", &webhook_secret)
+            .env("JWT_SECRET", &jwt_secret)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start mpanel serve");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .connect(&database_url)
+            .await
+            .expect("connect app db");
+        let app = Self {
+            url: format!("http://127.0.0.1:{port}"),
+            pool,
+            database_url,
+            webhook_secret,
+            admin_password,
+            jwt_secret,
+            tenant: seeded["tenant"].as_str().expect("tenant").to_owned(),
+            price_id: uuid("priceId"),
+            product_id: uuid("productId"),
+            log_path,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .expect("client"),
+            child,
+        };
+        app.wait_ready().await;
+        app
+    }
+
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(r) = self
+                .http
+                .get(format!("{}/api/ready", self.url))
+                .send()
+                .await
+            {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "mpanel did not become ready; log: {}",
+            std::fs::read_to_string(&self.log_path).unwrap_or_default()
+        );
+    }
+
+    /// A valid order body for the demo price.
+    #[must_use]
+    pub fn order_body(&self, payment: &str, email: &str, domain: &str) -> Value {
+        serde_json::json!({
+            "tenantSlug": self.tenant,
+            "priceId": self.price_id,
+            "customerEmail": email,
+            "stripePaymentIntentId": payment,
+            "domain": domain,
+        })
+    }
+
+    /// POSTs an order with the right key.
+    pub async fn post_order(&self, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}/api/orders", self.url))
+            .header("x-internal-key", &self.webhook_secret)
+            .json(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    /// How many events of `event_type` the log holds (all types for `None`).
+    pub async fn count_events(&self, event_type: Option<&str>) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM events WHERE $1::text IS NULL OR event_type = $1")
+            .bind(event_type)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count events")
+    }
+
+    /// Polls `check` every 50 ms until it returns `Some`, for at most `secs` seconds.
+    ///
+    /// # Panics
+    /// On timeout, with `what`.
+    pub async fn eventually<T, F, Fut>(&self, secs: u64, what: &str, mut check: F) -> T
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Option<T>>,
+    {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            if let Some(v) = check().await {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The server's log so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
