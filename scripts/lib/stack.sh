@@ -542,7 +542,9 @@ distributor-threads=1
 EOF
   rm -f "$PDNS_PID"
   log "pdns: starting (DNS 127.0.0.1:$PDNS_DNS_PORT, API 127.0.0.1:$PDNS_API_PORT)"
-  pdns_server --config-dir="$PDNS_DIR" </dev/null >>"$PDNS_LOG" 2>&1 9>&- &
+  # setsid: pdns runs in the foreground of its own session, so killing the caller's process
+  # group (a timed-out shell, say) does not take it down.
+  setsid pdns_server --config-dir="$PDNS_DIR" </dev/null >>"$PDNS_LOG" 2>&1 9>&- &
   local pid=$!
   printf '%s\n' "$pid" >"$PDNS_PID"
   wait_until 20 "PowerDNS API on 127.0.0.1:$PDNS_API_PORT" "$PDNS_LOG" \

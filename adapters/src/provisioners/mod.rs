@@ -50,3 +50,4 @@ pub trait Provisioner: Send + Sync {
 pub mod dns;
 pub mod hosting;
 pub mod mail;
+pub mod ssh;
