@@ -11,9 +11,11 @@ pub mod intake;
 pub mod metadata;
 pub mod passwords;
 pub mod provisioners;
+pub mod queue;
 pub mod runtime;
 pub mod saga;
 pub mod seed;
+pub mod worker;
 
 /// The SQL migrations, embedded in the binary so `mpanel migrate` needs no files on disk.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");

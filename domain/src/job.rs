@@ -305,6 +305,24 @@ impl Job {
         self.status
     }
 
+    /// What the job is for, `None` before scheduling.
+    #[must_use]
+    pub fn schedule(&self) -> Option<&ScheduleJob> {
+        self.spec.as_ref()
+    }
+
+    /// The current attempt number within the series (0 before the first start).
+    #[must_use]
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The attempt series (0 until an operator retry).
+    #[must_use]
+    pub fn series(&self) -> u32 {
+        self.series
+    }
+
     fn spec(&self) -> Result<&ScheduleJob, JobError> {
         self.spec.as_ref().ok_or(JobError::NotScheduled)
     }

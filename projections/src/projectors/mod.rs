@@ -5,6 +5,7 @@ mod catalog;
 mod customers;
 mod jobs;
 mod orders;
+mod provisioning;
 mod subscriptions;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ pub use catalog::CatalogProjector;
 pub use customers::CustomersProjector;
 pub use jobs::JobsProjector;
 pub use orders::OrdersProjector;
+pub use provisioning::ProvisioningProjector;
 pub use subscriptions::SubscriptionsProjector;
 
 use crate::runner::Subscriber;
@@ -27,6 +29,7 @@ pub fn all() -> Vec<Subscriber> {
         Subscriber::Projector(Arc::new(OrdersProjector)),
         Subscriber::Projector(Arc::new(SubscriptionsProjector)),
         Subscriber::Projector(Arc::new(JobsProjector)),
+        Subscriber::Projector(Arc::new(ProvisioningProjector)),
     ]
 }
 

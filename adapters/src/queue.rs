@@ -1,0 +1,164 @@
+//! The job doorbell: a Redis stream with one consumer group of workers (DESIGN §4).
+//!
+//! Postgres is the truth and Redis only rings the bell: an entry says "look at job X", nothing
+//! more. A job is due because its events say so, and the sweeper ([`crate::worker::sweep`])
+//! re-rings for every due job whose entry was lost — worker killed before `XACK`, Redis flushed
+//! or restarted — so losing Redis loses latency, never work.
+
+use fred::prelude::*;
+use fred::types::streams::{XCap, XReadResponse};
+use uuid::Uuid;
+
+/// The stream's key.
+pub const STREAM: &str = "mpanel:jobs";
+/// The workers' consumer group.
+pub const GROUP: &str = "mpanel-workers";
+/// Entries kept at most (approximately); older ones are trimmed. Losing a trimmed entry only
+/// costs a sweep.
+pub const MAX_LEN: i64 = 100_000;
+
+/// Why Redis did not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[error("redis: {0}")]
+pub struct QueueError(String);
+
+impl From<fred::error::Error> for QueueError {
+    fn from(e: fred::error::Error) -> Self {
+        Self(e.to_string())
+    }
+}
+
+/// One delivered entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// The stream entry id, for `XACK`.
+    pub entry_id: String,
+    /// The job to look at.
+    pub job_id: Uuid,
+}
+
+/// A connection to the stream.
+#[derive(Clone)]
+pub struct JobQueue {
+    client: Client,
+}
+
+impl JobQueue {
+    /// Connects (with automatic reconnection) and makes sure the consumer group exists.
+    ///
+    /// # Errors
+    /// When the URL is invalid or Redis cannot be reached at all.
+    pub async fn connect(url: &str) -> Result<Self, QueueError> {
+        let config = Config::from_url(url)?;
+        let client = Builder::from_config(config)
+            .with_connection_config(|c| {
+                c.connection_timeout = std::time::Duration::from_secs(5);
+            })
+            .set_policy(ReconnectPolicy::new_constant(0, 500))
+            .build()?;
+        client.init().await?;
+        let queue = Self { client };
+        queue.ensure_group().await?;
+        Ok(queue)
+    }
+
+    /// Creates the stream and group if missing (after a `FLUSHALL`, say).
+    ///
+    /// # Errors
+    /// Any error but "group already exists".
+    pub async fn ensure_group(&self) -> Result<(), QueueError> {
+        match self
+            .client
+            .xgroup_create::<(), _, _, _>(STREAM, GROUP, "$", true)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(e) if e.details().contains("BUSYGROUP") => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Rings the bell for `job_id`.
+    ///
+    /// # Errors
+    /// When Redis is unreachable (the sweeper will ring again later).
+    pub async fn dispatch(&self, job_id: Uuid) -> Result<(), QueueError> {
+        let cap = XCap::try_from(("MAXLEN", "~", MAX_LEN))?;
+        let _: String = self
+            .client
+            .xadd(STREAM, false, cap, "*", vec![("job", job_id.to_string())])
+            .await?;
+        Ok(())
+    }
+
+    /// Waits up to `block_ms` for at most `count` new entries for `consumer`.
+    ///
+    /// # Errors
+    /// When Redis is unreachable; a missing group is recreated and reported as no entries.
+    pub async fn receive(
+        &self,
+        consumer: &str,
+        count: u64,
+        block_ms: u64,
+    ) -> Result<Vec<Delivery>, QueueError> {
+        let response: Result<XReadResponse<String, String, String, String>, _> = self
+            .client
+            .xreadgroup_map(
+                GROUP,
+                consumer,
+                Some(count),
+                Some(block_ms),
+                false,
+                STREAM,
+                ">",
+            )
+            .await;
+        let response = match response {
+            Ok(r) => r,
+            Err(e) if e.details().contains("NOGROUP") => {
+                self.ensure_group().await?;
+                return Ok(vec![]);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        Ok(response
+            .into_values()
+            .flatten()
+            .filter_map(|(entry_id, fields)| {
+                let job_id = fields.get("job").and_then(|j| Uuid::parse_str(j).ok())?;
+                Some(Delivery { entry_id, job_id })
+            })
+            .collect())
+    }
+
+    /// Acknowledges an entry: its job's outcome is stored (or the job needs nothing).
+    ///
+    /// # Errors
+    /// When Redis is unreachable (the entry stays pending; harmless).
+    pub async fn ack(&self, entry_id: &str) -> Result<(), QueueError> {
+        let _: i64 = self.client.xack(STREAM, GROUP, entry_id).await?;
+        Ok(())
+    }
+
+    /// Entries in the stream (the queue depth seen by Redis).
+    ///
+    /// # Errors
+    /// When Redis is unreachable.
+    pub async fn depth(&self) -> Result<u64, QueueError> {
+        Ok(self.client.xlen(STREAM).await?)
+    }
+
+    /// Round trip to Redis.
+    ///
+    /// # Errors
+    /// When Redis does not answer.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        let _: String = self.client.ping(None).await?;
+        Ok(())
+    }
+
+    /// Closes the connection.
+    pub async fn quit(&self) {
+        let _ = self.client.quit().await;
+    }
+}
