@@ -31,8 +31,34 @@ pub struct Config {
     pub marketing_webhook_secret: SecretString,
     /// JWT signing secret (`JWT_SECRET`, ≥ 32 bytes).
     pub jwt_secret: SecretString,
+    /// Lifetime of an access token (`JWT_ACCESS_EXPIRY`, default 15 minutes).
+    pub jwt_access_expiry: std::time::Duration,
+    /// Lifetime of a refresh token, renewed on every rotation (`JWT_REFRESH_EXPIRY`, default 7
+    /// days).
+    pub jwt_refresh_expiry: std::time::Duration,
     /// Attempts per provisioning job series (`JOB_MAX_ATTEMPTS`, default 5).
     pub job_max_attempts: u32,
+    /// Redis, the job doorbell (`REDIS_URL`).
+    pub redis_url: SecretString,
+    /// Prefix of mpanel's Redis keys (`REDIS_KEY_PREFIX`, default `mpanel`).
+    pub redis_key_prefix: String,
+    /// Provisioning worker settings.
+    pub worker: WorkerSettings,
+}
+
+/// Provisioning worker settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorkerSettings {
+    /// Jobs run at once per process (`WORKER_CONCURRENCY`, default 4).
+    pub concurrency: usize,
+    /// Lease per attempt (`JOB_LEASE_SECS`, default 120).
+    pub lease: std::time::Duration,
+    /// First retry delay, doubling per attempt (`JOB_BACKOFF_BASE_MS`, default 2000).
+    pub backoff_base: std::time::Duration,
+    /// Longest retry delay (`JOB_BACKOFF_CAP_MS`, default 300000).
+    pub backoff_cap: std::time::Duration,
+    /// How often the sweeper looks for due jobs (`SWEEP_INTERVAL_MS`, default 1000).
+    pub sweep_interval: std::time::Duration,
 }
 
 /// Reads a variable through a lookup function (the environment in production, a map in tests).
@@ -81,6 +107,51 @@ where
     })
 }
 
+/// Parses a lifetime: whole seconds (`900`) or a number with one unit suffix, `s`, `m`, `h` or
+/// `d` (`15m`, `7d`, `3600s`). Zero is refused: a token that is born expired is a typo.
+///
+/// # Errors
+/// A reason naming what is wrong (not the variable: the caller knows it).
+pub fn parse_duration(input: &str) -> Result<std::time::Duration, String> {
+    let text = input.trim();
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], c.to_ascii_lowercase()),
+        _ => (text, 's'),
+    };
+    let per_unit: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        other => return Err(format!("unknown unit {other:?}; use s, m, h or d")),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "cannot parse {input:?}: expected seconds or a number with s, m, h or d (15m, 7d)"
+        ));
+    }
+    let amount: u64 = digits
+        .parse()
+        .map_err(|_| format!("cannot parse {input:?}: number too large"))?;
+    let secs = amount
+        .checked_mul(per_unit)
+        .ok_or_else(|| format!("cannot parse {input:?}: number too large"))?;
+    if secs == 0 {
+        return Err("must be at least 1 second".into());
+    }
+    Ok(std::time::Duration::from_secs(secs))
+}
+
+fn duration(
+    env: &impl Lookup,
+    var: &'static str,
+    default: std::time::Duration,
+) -> Result<std::time::Duration, ConfigError> {
+    env.get(var).map_or(Ok(default), |v| {
+        parse_duration(&v).map_err(|reason| ConfigError { var, reason })
+    })
+}
+
 fn secret(
     env: &impl Lookup,
     var: &'static str,
@@ -116,7 +187,77 @@ impl Config {
                 reason: "must be at least 1".into(),
             });
         }
+        let millis =
+            |var: &'static str, default: u64| -> Result<std::time::Duration, ConfigError> {
+                let ms = parsed(env, var, default)?;
+                if ms == 0 {
+                    return Err(ConfigError {
+                        var,
+                        reason: "must be at least 1".into(),
+                    });
+                }
+                Ok(std::time::Duration::from_millis(ms))
+            };
+        let worker = WorkerSettings {
+            concurrency: parsed(env, "WORKER_CONCURRENCY", 4usize)?.max(1),
+            lease: millis("JOB_LEASE_SECS", 120)?.saturating_mul(1000),
+            backoff_base: millis("JOB_BACKOFF_BASE_MS", 2000)?,
+            backoff_cap: millis("JOB_BACKOFF_CAP_MS", 300_000)?,
+            sweep_interval: millis("SWEEP_INTERVAL_MS", 1000)?,
+        };
+        let redis_url = required(env, "REDIS_URL")?;
+        if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
+            return Err(ConfigError {
+                var: "REDIS_URL",
+                reason: "must start with redis:// or rediss://".into(),
+            });
+        }
+        let redis_key_prefix = env
+            .get("REDIS_KEY_PREFIX")
+            .unwrap_or_else(|| "mpanel".to_owned());
+        if !redis_key_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b':')
+        {
+            return Err(ConfigError {
+                var: "REDIS_KEY_PREFIX",
+                reason: "may contain only letters, digits, '-', '_' and ':'".into(),
+            });
+        }
+        let jwt_access_expiry = duration(
+            env,
+            "JWT_ACCESS_EXPIRY",
+            std::time::Duration::from_secs(15 * 60),
+        )?;
+        if jwt_access_expiry > std::time::Duration::from_secs(86_400) {
+            return Err(ConfigError {
+                var: "JWT_ACCESS_EXPIRY",
+                reason: "must be at most 1 day: access tokens cannot be revoked early".into(),
+            });
+        }
+        let jwt_refresh_expiry = duration(
+            env,
+            "JWT_REFRESH_EXPIRY",
+            std::time::Duration::from_secs(7 * 86_400),
+        )?;
+        if jwt_refresh_expiry > std::time::Duration::from_secs(365 * 86_400) {
+            return Err(ConfigError {
+                var: "JWT_REFRESH_EXPIRY",
+                reason: "must be at most 365 days".into(),
+            });
+        }
+        if jwt_refresh_expiry <= jwt_access_expiry {
+            return Err(ConfigError {
+                var: "JWT_REFRESH_EXPIRY",
+                reason: "must be longer than JWT_ACCESS_EXPIRY".into(),
+            });
+        }
         Ok(Self {
+            jwt_access_expiry,
+            jwt_refresh_expiry,
+            redis_url: SecretString::from(redis_url),
+            redis_key_prefix,
+            worker,
             database_url: database_url(env)?,
             database_pool_max,
             host: parsed(env, "HOST", IpAddr::from([127, 0, 0, 1]))?,
@@ -166,6 +307,7 @@ mod tests {
             ("DATABASE_URL", "postgres://u:p@127.0.0.1/db"),
             ("MARKETING_WEBHOOK_SECRET", "0123456789abcdef0123"),
             ("JWT_SECRET", "0123456789abcdef0123456789abcdef"),
+            ("REDIS_URL", "redis://127.0.0.1:6379"),
         ])
     }
 
@@ -175,11 +317,53 @@ mod tests {
         assert_eq!(c.port, 2271);
         assert_eq!(c.host.to_string(), "127.0.0.1");
         assert_eq!(c.database_pool_max, 20);
+        assert_eq!(c.redis_key_prefix, "mpanel");
+        assert_eq!(c.worker.concurrency, 4);
+        assert_eq!(c.worker.lease, std::time::Duration::from_secs(120));
+        assert_eq!(c.jwt_access_expiry, std::time::Duration::from_secs(900));
+        assert_eq!(
+            c.jwt_refresh_expiry,
+            std::time::Duration::from_secs(7 * 86_400)
+        );
+    }
+
+    #[test]
+    fn durations_take_seconds_or_a_unit() {
+        let secs = |s: &str| parse_duration(s).map(|d| d.as_secs());
+        assert_eq!(secs("900"), Ok(900));
+        assert_eq!(secs("3600s"), Ok(3600));
+        assert_eq!(secs("15m"), Ok(900));
+        assert_eq!(secs("2h"), Ok(7200));
+        assert_eq!(secs("7d"), Ok(604_800));
+        assert_eq!(secs("7D"), Ok(604_800));
+        assert_eq!(secs(" 15m "), Ok(900));
+        let huge = "99999999999999999999d";
+        for bad in ["", "m", "0", "0m", "15x", "-5", "1.5h", "15 m", "1e3", huge] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn token_lifetimes_come_from_the_environment() {
+        let mut env = base();
+        env.insert("JWT_ACCESS_EXPIRY", "5m");
+        env.insert("JWT_REFRESH_EXPIRY", "1d");
+        let c = Config::load(&env).expect("valid");
+        assert_eq!(c.jwt_access_expiry, std::time::Duration::from_secs(300));
+        assert_eq!(c.jwt_refresh_expiry, std::time::Duration::from_secs(86_400));
     }
 
     #[test]
     fn each_bad_variable_is_named() {
-        let cases: [(&str, Option<&str>); 6] = [
+        let cases: [(&str, Option<&str>); 14] = [
+            ("JWT_REFRESH_EXPIRY", Some("366d")),
+            ("JWT_ACCESS_EXPIRY", Some("15 minutes")),
+            ("JWT_ACCESS_EXPIRY", Some("2d")),
+            ("JWT_REFRESH_EXPIRY", Some("0")),
+            ("JWT_REFRESH_EXPIRY", Some("10m")),
+            ("REDIS_URL", None),
+            ("REDIS_URL", Some("http://x")),
+            ("JOB_BACKOFF_BASE_MS", Some("0")),
             ("JWT_SECRET", Some("too-short")),
             ("JWT_SECRET", None),
             ("DATABASE_URL", Some("mysql://x")),

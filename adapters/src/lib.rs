@@ -4,6 +4,7 @@
 //! ([`http`]), configuration ([`config`]) and the demo seed ([`seed`]). The domain stays pure;
 //! this crate puts the clock, ids, database and network around it.
 
+pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod http;

@@ -9,8 +9,8 @@ use fred::prelude::*;
 use fred::types::streams::{XCap, XReadResponse};
 use uuid::Uuid;
 
-/// The stream's key.
-pub const STREAM: &str = "mpanel:jobs";
+/// The stream's key under the default prefix (`REDIS_KEY_PREFIX`, default `mpanel`).
+pub const DEFAULT_PREFIX: &str = "mpanel";
 /// The workers' consumer group.
 pub const GROUP: &str = "mpanel-workers";
 /// Entries kept at most (approximately); older ones are trimmed. Losing a trimmed entry only
@@ -41,14 +41,16 @@ pub struct Delivery {
 #[derive(Clone)]
 pub struct JobQueue {
     client: Client,
+    stream: String,
 }
 
 impl JobQueue {
-    /// Connects (with automatic reconnection) and makes sure the consumer group exists.
+    /// Connects (with automatic reconnection) and makes sure the consumer group exists. The
+    /// stream is `<prefix>:jobs`, so several installations (or test apps) can share one Redis.
     ///
     /// # Errors
     /// When the URL is invalid or Redis cannot be reached at all.
-    pub async fn connect(url: &str) -> Result<Self, QueueError> {
+    pub async fn connect(url: &str, prefix: &str) -> Result<Self, QueueError> {
         let config = Config::from_url(url)?;
         let client = Builder::from_config(config)
             .with_connection_config(|c| {
@@ -57,7 +59,10 @@ impl JobQueue {
             .set_policy(ReconnectPolicy::new_constant(0, 500))
             .build()?;
         client.init().await?;
-        let queue = Self { client };
+        let queue = Self {
+            client,
+            stream: format!("{prefix}:jobs"),
+        };
         queue.ensure_group().await?;
         Ok(queue)
     }
@@ -69,7 +74,7 @@ impl JobQueue {
     pub async fn ensure_group(&self) -> Result<(), QueueError> {
         match self
             .client
-            .xgroup_create::<(), _, _, _>(STREAM, GROUP, "$", true)
+            .xgroup_create::<(), _, _, _>(self.stream.as_str(), GROUP, "$", true)
             .await
         {
             Ok(()) => Ok(()),
@@ -86,7 +91,13 @@ impl JobQueue {
         let cap = XCap::try_from(("MAXLEN", "~", MAX_LEN))?;
         let _: String = self
             .client
-            .xadd(STREAM, false, cap, "*", vec![("job", job_id.to_string())])
+            .xadd(
+                self.stream.as_str(),
+                false,
+                cap,
+                "*",
+                vec![("job", job_id.to_string())],
+            )
             .await?;
         Ok(())
     }
@@ -109,7 +120,7 @@ impl JobQueue {
                 Some(count),
                 Some(block_ms),
                 false,
-                STREAM,
+                self.stream.as_str(),
                 ">",
             )
             .await;
@@ -136,7 +147,10 @@ impl JobQueue {
     /// # Errors
     /// When Redis is unreachable (the entry stays pending; harmless).
     pub async fn ack(&self, entry_id: &str) -> Result<(), QueueError> {
-        let _: i64 = self.client.xack(STREAM, GROUP, entry_id).await?;
+        let _: i64 = self
+            .client
+            .xack(self.stream.as_str(), GROUP, entry_id)
+            .await?;
         Ok(())
     }
 
@@ -145,7 +159,7 @@ impl JobQueue {
     /// # Errors
     /// When Redis is unreachable.
     pub async fn depth(&self) -> Result<u64, QueueError> {
-        Ok(self.client.xlen(STREAM).await?)
+        Ok(self.client.xlen(self.stream.as_str()).await?)
     }
 
     /// Round trip to Redis.

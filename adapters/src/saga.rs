@@ -18,18 +18,38 @@ use uuid::Uuid;
 
 use crate::bus::{BusError, CommandBus};
 use crate::metadata::EventMetadata;
+use crate::queue::JobQueue;
 
 /// Executes saga decisions for each event of the feed.
 pub struct SagaRunner {
     bus: Arc<CommandBus>,
     policy: SagaPolicy,
+    doorbell: Option<JobQueue>,
 }
 
 impl SagaRunner {
-    /// A saga executing through `bus`.
+    /// A saga executing through `bus` and ringing `doorbell` for jobs that became due.
     #[must_use]
-    pub fn new(bus: Arc<CommandBus>, policy: SagaPolicy) -> Self {
-        Self { bus, policy }
+    pub fn new(bus: Arc<CommandBus>, policy: SagaPolicy, doorbell: Option<JobQueue>) -> Self {
+        Self {
+            bus,
+            policy,
+            doorbell,
+        }
+    }
+
+    /// Rings the bell for a job that just became due. Best effort: the sweeper rings again for
+    /// every due job, so an unreachable Redis must not hold the saga back.
+    async fn ring(&self, event: &FeedEvent, job_id: Uuid) {
+        let due_now = matches!(
+            event.event_type.as_str(),
+            "JobScheduled" | "JobRetryRequested"
+        );
+        if let (true, Some(queue)) = (due_now, &self.doorbell) {
+            if let Err(e) = queue.dispatch(job_id).await {
+                tracing::warn!(job_id = %job_id, error = %e, "could not dispatch job; the sweeper will");
+            }
+        }
     }
 
     async fn execute(
@@ -111,6 +131,9 @@ impl Reactor for SagaRunner {
             ),
             _ => vec![],
         };
+        if event.aggregate_type == "Job" {
+            self.ring(event, id).await;
+        }
         if commands.is_empty() {
             return Ok(());
         }

@@ -311,10 +311,14 @@ pub async fn sweep(
     }
 }
 
+/// Jobs to ring for. A freshly scheduled job was rung by the saga already, so it only counts
+/// after a 5 s grace; a retry whose time came is rung by nobody else; an expired lease means
+/// its worker died.
 async fn due_jobs(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM jobs \
-         WHERE (status IN ('SCHEDULED', 'RETRY_WAITING') AND due_at <= now()) \
+         WHERE (status = 'SCHEDULED' AND due_at <= now() - interval '5 seconds') \
+            OR (status = 'RETRY_WAITING' AND due_at <= now()) \
             OR (status = 'RUNNING' AND lease_expires_at < now()) \
          ORDER BY due_at NULLS FIRST LIMIT 1000",
     )

@@ -4,8 +4,17 @@ use std::io::IsTerminal;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
+use std::sync::Arc;
+
 use mpanel_adapters::bus::CommandBus;
 use mpanel_adapters::config::{self, Config, Env};
+use mpanel_adapters::metadata::EventMetadata;
+use mpanel_adapters::provisioners::dns::{PowerDnsConfig, PowerDnsProvisioner};
+use mpanel_adapters::provisioners::hosting::{HostingConfig, SshHostingProvisioner};
+use mpanel_adapters::provisioners::mail::{MailConfig, SshMailProvisioner};
+use mpanel_adapters::worker::ProvisionerSet;
+use mpanel_domain::job::JobCommand;
+use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::values::Email;
 use secrecy::SecretString;
 
@@ -27,6 +36,21 @@ enum Command {
     Seed {
         #[command(subcommand)]
         what: SeedWhat,
+    },
+    /// Provisioning jobs.
+    Jobs {
+        #[command(subcommand)]
+        what: JobsWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum JobsWhat {
+    /// Start a new attempt series for a job (after fixing what made it fail). The job becomes
+    /// due at once; a running `mpanel serve` picks it up within a sweep.
+    Retry {
+        /// The job's id.
+        id: uuid::Uuid,
     },
 }
 
@@ -69,7 +93,8 @@ async fn main() -> Result<()> {
     match cli.command {
         Command::Serve => {
             let config = Config::load(&Env).context("invalid configuration")?;
-            mpanel_adapters::runtime::serve(config, shutdown_signal()).await?;
+            let provisioners = provisioners().context("invalid provisioner configuration")?;
+            mpanel_adapters::runtime::serve(config, provisioners, shutdown_signal()).await?;
         }
         Command::Migrate => {
             let pool = pool().await?;
@@ -95,8 +120,39 @@ async fn main() -> Result<()> {
                     .await?;
             println!("{}", serde_json::to_string(&seeded)?);
         }
+        Command::Jobs {
+            what: JobsWhat::Retry { id },
+        } => {
+            let pool = pool().await?;
+            let bus = CommandBus::new(&pool);
+            let retry = JobCommand::Retry {
+                requested_by: "cli".into(),
+                at: chrono::Utc::now(),
+            };
+            let executed = bus
+                .jobs
+                .execute(id, retry, &EventMetadata::new("cli"))
+                .await
+                .with_context(|| format!("retrying job {id}"))?;
+            let series = executed.state.series();
+            println!(
+                "{}",
+                serde_json::json!({ "jobId": id, "series": series, "status": "SCHEDULED" })
+            );
+        }
     }
     Ok(())
+}
+
+/// The real provisioners, each configured from its environment variables.
+fn provisioners() -> Result<ProvisionerSet> {
+    let dns = PowerDnsProvisioner::new(PowerDnsConfig::from_env()?)?;
+    let hosting = SshHostingProvisioner::new(HostingConfig::from_env()?)?;
+    let mail = SshMailProvisioner::new(MailConfig::from_env()?)?;
+    Ok(ProvisionerSet::default()
+        .with(ProvisioningStep::Dns, Arc::new(dns))
+        .with(ProvisioningStep::Hosting, Arc::new(hosting))
+        .with(ProvisioningStep::Mail, Arc::new(mail)))
 }
 
 async fn pool() -> Result<sqlx::PgPool> {

@@ -5,7 +5,8 @@ use std::process::Command;
 fn mpanel() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_mpanel"));
     c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("REDIS_URL", "redis://127.0.0.1:1");
     c
 }
 

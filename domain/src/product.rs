@@ -182,6 +182,23 @@ fn check_description(description: &str) -> Result<(), ProductError> {
 }
 
 impl Product {
+    /// The creation facts with the current name, description and plan; `None` before creation.
+    #[must_use]
+    pub fn details(&self) -> Option<&CreateProduct> {
+        self.created.as_ref()
+    }
+
+    /// Whether the product is archived.
+    #[must_use]
+    pub fn is_archived(&self) -> bool {
+        self.archived
+    }
+
+    /// Every price ever added, with whether it is still sold.
+    pub fn prices(&self) -> impl Iterator<Item = (&AddPrice, bool)> {
+        self.prices.iter().map(|p| (&p.added, p.active))
+    }
+
     fn live(&self) -> Result<&CreateProduct, ProductError> {
         let created = self.created.as_ref().ok_or(ProductError::NotCreated)?;
         if self.archived {

@@ -83,6 +83,10 @@ pub struct TestApp {
     pub log_path: PathBuf,
     /// An HTTP client.
     pub http: reqwest::Client,
+    /// This app's Redis key prefix (apps share the stack's Redis).
+    pub redis_prefix: String,
+    port: u16,
+    env: Vec<(String, String)>,
     child: Child,
 }
 
@@ -92,6 +96,15 @@ impl TestApp {
     /// # Panics
     /// When any step fails (this is test setup).
     pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// Like [`TestApp::spawn`], with extra environment for `mpanel serve` (overriding the
+    /// defaults: fast retries, a short sweep interval).
+    ///
+    /// # Panics
+    /// When any step fails (this is test setup).
+    pub async fn spawn_with(env: &[(&str, &str)]) -> Self {
         let admin_url = admin_database_url();
         let db = format!("mpanel_bb_{}", Uuid::new_v4().simple());
         let admin = PgPoolOptions::new()
@@ -139,19 +152,27 @@ impl TestApp {
         let log_dir = std::env::temp_dir().join("mpanel-tests");
         std::fs::create_dir_all(&log_dir).expect("log dir");
         let log_path = log_dir.join(format!("{db}.log"));
-        let log = std::fs::File::create(&log_path).expect("log file");
-        let child = Command::new(&bin)
-            .arg("serve")
-            .env("DATABASE_URL", &database_url)
-            .env("HOST", "127.0.0.1")
-            .env("PORT", port.to_string())
-            .env("MARKETING_WEBHOOK_SECRET", &webhook_secret)
-            .env("JWT_SECRET", &jwt_secret)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start mpanel serve");
+        let redis_prefix = format!("mpanel-test-{}", Uuid::new_v4().simple());
+        let mut all_env: Vec<(String, String)> = [
+            ("DATABASE_URL", database_url.as_str()),
+            ("HOST", "127.0.0.1"),
+            ("MARKETING_WEBHOOK_SECRET", &webhook_secret),
+            ("JWT_SECRET", &jwt_secret),
+            ("RUST_LOG", "info"),
+            ("REDIS_KEY_PREFIX", &redis_prefix),
+            ("JOB_BACKOFF_BASE_MS", "100"),
+            ("JOB_BACKOFF_CAP_MS", "1000"),
+            ("SWEEP_INTERVAL_MS", "200"),
+        ]
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+        all_env.push(("PORT".into(), port.to_string()));
+        for (k, v) in env {
+            all_env.retain(|(key, _)| key != k);
+            all_env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let child = start_serve(&bin, &all_env, &log_path);
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .connect(&database_url)
@@ -172,10 +193,52 @@ impl TestApp {
                 .timeout(Duration::from_secs(30))
                 .build()
                 .expect("client"),
+            redis_prefix,
+            port,
+            env: all_env,
             child,
         };
         app.wait_ready().await;
         app
+    }
+
+    /// Stops the server and starts it again on the same database and port, with `env`
+    /// overriding what it ran with before (e.g. a repaired provisioner address).
+    ///
+    /// # Panics
+    /// When the server does not come back.
+    pub async fn restart_with(&mut self, env: &[(&str, &str)]) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for (k, v) in env {
+            self.env.retain(|(key, _)| key != k);
+            self.env.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        debug_assert!(self
+            .env
+            .iter()
+            .any(|(k, v)| k == "PORT" && *v == self.port.to_string()));
+        self.child = start_serve(&mpanel_bin(), &self.env, &self.log_path);
+        self.wait_ready().await;
+    }
+
+    /// Runs an `mpanel` subcommand against this app's database; returns its stdout.
+    ///
+    /// # Panics
+    /// When the command fails.
+    #[must_use]
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(mpanel_bin())
+            .args(args)
+            .env("DATABASE_URL", &self.database_url)
+            .output()
+            .expect("run mpanel");
+        assert!(
+            out.status.success(),
+            "mpanel {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     async fn wait_ready(&self) {
@@ -255,6 +318,24 @@ impl TestApp {
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
+}
+
+fn start_serve(
+    bin: &std::path::Path,
+    env: &[(String, String)],
+    log_path: &std::path::Path,
+) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("log file");
+    let mut command = Command::new(bin);
+    command.arg("serve").stdout(Stdio::null()).stderr(log);
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    command.spawn().expect("start mpanel serve")
 }
 
 impl Drop for TestApp {

@@ -82,11 +82,26 @@ async fn check_migrations(state: &AppState) -> Check {
     }
 }
 
-/// `GET /api/ready`: 200 when Postgres answers and migrations are applied, else 503.
+async fn check_redis(state: &AppState) -> Option<Check> {
+    let queue = state.queue.as_ref()?;
+    let start = Instant::now();
+    let result = tokio::time::timeout(std::time::Duration::from_secs(2), queue.ping()).await;
+    let ok = matches!(result, Ok(Ok(())));
+    Some(Check {
+        ok,
+        latency_ms: start.elapsed().as_secs_f64() * 1000.0,
+        detail: (!ok).then(|| "unreachable".to_owned()),
+    })
+}
+
+/// `GET /api/ready`: 200 when Postgres and Redis answer and migrations are applied, else 503.
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let pg = check_postgres(&state).await;
     if !pg.ok {
         return Err(ApiError::Unavailable("postgres unreachable".into()));
+    }
+    if check_redis(&state).await.is_some_and(|r| !r.ok) {
+        return Err(ApiError::Unavailable("redis unreachable".into()));
     }
     let migrations = check_migrations(&state).await;
     if !migrations.ok {
@@ -107,12 +122,17 @@ pub async fn health(State(state): State<AppState>) -> Response {
             detail: Some("postgres unreachable".into()),
         }
     };
-    let ok = pg.ok && migrations.ok;
+    let redis = check_redis(&state).await;
+    let ok = pg.ok && migrations.ok && redis.as_ref().is_none_or(|r| r.ok);
     let render = |c: &Check| json!({ "status": if c.ok { "ok" } else { "down" }, "latencyMs": c.latency_ms, "detail": c.detail });
     let body = json!({
         "status": if ok { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
-        "checks": { "postgres": render(&pg), "migrations": render(&migrations) }
+        "checks": {
+            "postgres": render(&pg),
+            "migrations": render(&migrations),
+            "redis": redis.as_ref().map(render),
+        }
     });
     let status = if ok {
         StatusCode::OK

@@ -103,6 +103,11 @@ impl Fields {
         }
     }
 
+    /// Records an error found by a caller's own check.
+    pub fn push(&mut self, name: &str, reason: &str) {
+        self.errors.push(FieldError::new(name, reason));
+    }
+
     /// The collected errors, if any.
     ///
     /// # Errors

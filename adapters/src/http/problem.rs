@@ -32,6 +32,9 @@ pub enum ApiError {
     /// Missing or wrong credentials.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// The caller is known but its role may not do this (`auth::Caller::require`).
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// The body or query is invalid; each field says why.
     #[error("invalid request")]
     Validation(Vec<FieldError>),
@@ -64,6 +67,7 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Unauthorized"),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "Forbidden"),
             Self::Validation(_) => (
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "validation",
@@ -114,7 +118,9 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, slug, title) = self.parts();
         let detail = match &self {
-            Self::Unauthorized(d) | Self::NotFound(d) | Self::Conflict(d) => Some((*d).to_owned()),
+            Self::Unauthorized(d) | Self::Forbidden(d) | Self::NotFound(d) | Self::Conflict(d) => {
+                Some((*d).to_owned())
+            }
             Self::Validation(errors) => Some(
                 errors
                     .iter()

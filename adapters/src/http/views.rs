@@ -1,0 +1,523 @@
+//! Staff views over the read models: orders, subscriptions, jobs, customers, domains, and an
+//! order's whole event history; plus the operator's job retry.
+//!
+//! Authorization and tenant isolation go through [`Caller`] only: `require` for the role (403)
+//! and `tenant_filter`/`tenant_scope` for the tenant (another tenant's resource is a 404, so its
+//! existence is not revealed). Customers see only their own orders and subscriptions.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use mpanel_domain::ids;
+use mpanel_domain::job::{JobCommand, JobError};
+use mpanel_domain::values::{DomainName, Email};
+use serde::Serialize;
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::paging::{Page, PageQuery, Paged};
+use super::problem::ApiError;
+use super::AppState;
+use crate::auth::{Caller, Role};
+use crate::bus::BusError;
+use crate::metadata::EventMetadata;
+
+/// Staff roles that may read a tenant's operational data.
+const STAFF_READ: &[Role] = &[Role::Admin, Role::Support, Role::Auditor];
+/// Roles that may read orders and subscriptions (customers: their own).
+const ORDER_READ: &[Role] = &[Role::Admin, Role::Support, Role::Auditor, Role::Customer];
+
+fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(raw).map_err(|_| ApiError::field("id", "must be a UUID"))
+}
+
+/// For a customer, the customer id their orders carry; `None` for staff.
+async fn own_customer(pool: &PgPool, caller: &Caller) -> Result<Option<Uuid>, ApiError> {
+    if caller.role != Role::Customer {
+        return Ok(None);
+    }
+    let email: Option<String> = sqlx::query_scalar("SELECT email FROM users WHERE id = $1")
+        .bind(caller.user_id)
+        .fetch_optional(pool)
+        .await?;
+    let email = email
+        .and_then(|e| Email::parse(&e).ok())
+        .ok_or(ApiError::Unauthorized("unknown user"))?;
+    let tenant = caller
+        .tenant_id
+        .ok_or(ApiError::Unauthorized("customer without tenant"))?;
+    Ok(Some(ids::customer_id(tenant, &email)))
+}
+
+/// An order as listed.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    customer_id: Uuid,
+    customer_email: String,
+    product_id: Uuid,
+    product_name: String,
+    price_id: Uuid,
+    amount_minor: i64,
+    currency: String,
+    interval: String,
+    domain: Option<String>,
+    payment_ref: String,
+    subscription_id: Uuid,
+    status: String,
+    placed_at: DateTime<Utc>,
+    fulfilled_at: Option<DateTime<Utc>>,
+    cancelled_at: Option<DateTime<Utc>>,
+    cancel_reason: Option<String>,
+}
+
+const ORDER_COLUMNS: &str = "id, tenant_id, customer_id, customer_email, product_id, product_name, price_id, \
+    amount_minor, currency, interval, domain, payment_ref, subscription_id, status, placed_at, fulfilled_at, \
+    cancelled_at, cancel_reason";
+
+/// `GET /api/orders`.
+pub async fn list_orders(
+    caller: Caller,
+    State(state): State<AppState>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Paged<OrderRow>>, ApiError> {
+    caller.require(ORDER_READ)?;
+    let page = Page::try_from(&query)?;
+    let customer = own_customer(&state.pool, &caller).await?;
+    let filter = "($1::uuid IS NULL OR tenant_id = $1) AND ($2::uuid IS NULL OR customer_id = $2)";
+    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM orders WHERE {filter}"))
+        .bind(caller.tenant_filter())
+        .bind(customer)
+        .fetch_one(&state.pool)
+        .await?;
+    let items: Vec<OrderRow> = sqlx::query_as(&format!(
+        "SELECT {ORDER_COLUMNS} FROM orders WHERE {filter} ORDER BY placed_at DESC, id LIMIT $3 OFFSET $4"
+    ))
+    .bind(caller.tenant_filter())
+    .bind(customer)
+    .bind(page.per_page)
+    .bind(page.offset())
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(Paged::new(items, page, total)))
+}
+
+/// A subscription with its step progress.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct SubscriptionRow {
+    id: Uuid,
+    order_id: Uuid,
+    tenant_id: Uuid,
+    customer_id: Uuid,
+    domain: Option<String>,
+    status: String,
+    required_steps: Vec<String>,
+    succeeded_steps: Vec<String>,
+    failed_step: Option<String>,
+    last_error: Option<String>,
+    opened_at: DateTime<Utc>,
+    activated_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+}
+
+const SUBSCRIPTION_COLUMNS: &str =
+    "id, order_id, tenant_id, customer_id, domain, status, required_steps, \
+    succeeded_steps, failed_step, last_error, opened_at, activated_at, updated_at";
+
+/// A job: attempts, last error, next run.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRow {
+    id: Uuid,
+    subscription_id: Uuid,
+    order_id: Uuid,
+    tenant_id: Uuid,
+    step: String,
+    domain: Option<String>,
+    status: String,
+    series: i32,
+    attempts: i32,
+    max_attempts: i32,
+    due_at: Option<DateTime<Utc>>,
+    lease_expires_at: Option<DateTime<Utc>>,
+    worker: Option<String>,
+    last_error: Option<String>,
+    outcome: Option<Value>,
+    scheduled_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+const JOB_COLUMNS: &str =
+    "id, subscription_id, order_id, tenant_id, step, domain, status, series, attempts, \
+    max_attempts, due_at, lease_expires_at, worker, last_error, outcome, scheduled_at, updated_at";
+
+/// An order with its subscription and jobs.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OrderDetail {
+    #[serde(flatten)]
+    order: OrderRow,
+    subscription: Option<SubscriptionRow>,
+    jobs: Vec<JobRow>,
+}
+
+async fn visible_order(state: &AppState, caller: &Caller, id: Uuid) -> Result<OrderRow, ApiError> {
+    let order: OrderRow =
+        sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&state.pool)
+            .await?
+            .ok_or(ApiError::NotFound("no such order"))?;
+    caller.tenant_scope(order.tenant_id)?;
+    if let Some(own) = own_customer(&state.pool, caller).await? {
+        if order.customer_id != own {
+            return Err(ApiError::NotFound("no such order"));
+        }
+    }
+    Ok(order)
+}
+
+/// `GET /api/orders/{id}`: the order, its subscription `{id, status, steps}` and its jobs.
+pub async fn get_order(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<OrderDetail>, ApiError> {
+    caller.require(ORDER_READ)?;
+    let order = visible_order(&state, &caller, parse_id(&id)?).await?;
+    let subscription: Option<SubscriptionRow> = sqlx::query_as(&format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1"
+    ))
+    .bind(order.subscription_id)
+    .fetch_optional(&state.pool)
+    .await?;
+    let jobs: Vec<JobRow> = sqlx::query_as(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE order_id = $1 ORDER BY step, series"
+    ))
+    .bind(order.id)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(OrderDetail {
+        order,
+        subscription,
+        jobs,
+    }))
+}
+
+/// One event of an order's history.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct HistoryEvent {
+    position: i64,
+    aggregate_type: String,
+    aggregate_id: String,
+    sequence: i64,
+    event_type: String,
+    event_version: String,
+    actor: Option<String>,
+    recorded_at: DateTime<Utc>,
+    payload: Value,
+    metadata: Value,
+}
+
+/// `GET /api/orders/{id}/events`: the order's whole history across its subscription and jobs,
+/// in feed (commit) order, with actor and time.
+pub async fn order_events(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<HistoryEvent>>, ApiError> {
+    caller.require(STAFF_READ)?;
+    let order = visible_order(&state, &caller, parse_id(&id)?).await?;
+    let mut aggregates = vec![order.id.to_string(), order.subscription_id.to_string()];
+    let jobs: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM jobs WHERE order_id = $1")
+        .bind(order.id)
+        .fetch_all(&state.pool)
+        .await?;
+    aggregates.extend(jobs.iter().map(Uuid::to_string));
+    let events: Vec<HistoryEvent> = sqlx::query_as(
+        "SELECT global_position AS position, aggregate_type, aggregate_id, sequence, event_type, event_version, \
+           metadata->>'actor' AS actor, recorded_at, payload, metadata \
+         FROM events WHERE aggregate_id = ANY($1) \
+           AND aggregate_type IN ('Order', 'Subscription', 'Job') \
+         ORDER BY tx_id, global_position",
+    )
+    .bind(&aggregates)
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(events))
+}
+
+/// `GET /api/subscriptions`.
+pub async fn list_subscriptions(
+    caller: Caller,
+    State(state): State<AppState>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Paged<SubscriptionRow>>, ApiError> {
+    caller.require(ORDER_READ)?;
+    let page = Page::try_from(&query)?;
+    let customer = own_customer(&state.pool, &caller).await?;
+    let filter = "($1::uuid IS NULL OR tenant_id = $1) AND ($2::uuid IS NULL OR customer_id = $2)";
+    let total: i64 = sqlx::query_scalar(&format!(
+        "SELECT count(*) FROM subscriptions WHERE {filter}"
+    ))
+    .bind(caller.tenant_filter())
+    .bind(customer)
+    .fetch_one(&state.pool)
+    .await?;
+    let items: Vec<SubscriptionRow> = sqlx::query_as(&format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE {filter} ORDER BY opened_at DESC, id LIMIT $3 OFFSET $4"
+    ))
+    .bind(caller.tenant_filter())
+    .bind(customer)
+    .bind(page.per_page)
+    .bind(page.offset())
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(Paged::new(items, page, total)))
+}
+
+/// `GET /api/subscriptions/{id}`.
+pub async fn get_subscription(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<SubscriptionRow>, ApiError> {
+    caller.require(ORDER_READ)?;
+    let row: SubscriptionRow = sqlx::query_as(&format!(
+        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1"
+    ))
+    .bind(parse_id(&id)?)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or(ApiError::NotFound("no such subscription"))?;
+    caller.tenant_scope(row.tenant_id)?;
+    if let Some(own) = own_customer(&state.pool, &caller).await? {
+        if row.customer_id != own {
+            return Err(ApiError::NotFound("no such subscription"));
+        }
+    }
+    Ok(Json(row))
+}
+
+/// `GET /api/jobs`.
+pub async fn list_jobs(
+    caller: Caller,
+    State(state): State<AppState>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Paged<JobRow>>, ApiError> {
+    caller.require(STAFF_READ)?;
+    let page = Page::try_from(&query)?;
+    let total: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE ($1::uuid IS NULL OR tenant_id = $1)")
+            .bind(caller.tenant_filter())
+            .fetch_one(&state.pool)
+            .await?;
+    let items: Vec<JobRow> = sqlx::query_as(&format!(
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::uuid IS NULL OR tenant_id = $1) \
+         ORDER BY scheduled_at DESC, id LIMIT $2 OFFSET $3"
+    ))
+    .bind(caller.tenant_filter())
+    .bind(page.per_page)
+    .bind(page.offset())
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(Paged::new(items, page, total)))
+}
+
+async fn visible_job(state: &AppState, caller: &Caller, id: Uuid) -> Result<JobRow, ApiError> {
+    let row: JobRow = sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or(ApiError::NotFound("no such job"))?;
+    caller.tenant_scope(row.tenant_id)?;
+    Ok(row)
+}
+
+/// `GET /api/jobs/{id}`.
+pub async fn get_job(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobRow>, ApiError> {
+    caller.require(STAFF_READ)?;
+    Ok(Json(visible_job(&state, &caller, parse_id(&id)?).await?))
+}
+
+/// `POST /api/jobs/{id}/retry` (admin, support): starts a new attempt series; 202.
+pub async fn retry_job(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    caller.require(&[Role::Admin, Role::Support])?;
+    let job = visible_job(&state, &caller, parse_id(&id)?).await?;
+    let actor = caller.user_id.to_string();
+    let command = JobCommand::Retry {
+        requested_by: actor.clone(),
+        at: Utc::now(),
+    };
+    let metadata = EventMetadata::new(actor).correlated(job.order_id);
+    let executed = state
+        .bus
+        .jobs
+        .execute(job.id, command, &metadata)
+        .await
+        .map_err(|e| match e {
+            BusError::Rejected(JobError::AlreadySucceeded) => {
+                ApiError::Conflict("the job already succeeded")
+            }
+            BusError::Rejected(JobError::Running) => {
+                ApiError::Conflict("the job is running; wait for its outcome")
+            }
+            BusError::Rejected(JobError::NotScheduled) => ApiError::NotFound("no such job"),
+            other => ApiError::Unavailable(other.to_string()),
+        })?;
+    let body = serde_json::json!({
+        "jobId": job.id,
+        "series": executed.state.series(),
+        "status": "SCHEDULED",
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// A customer as listed.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct CustomerRow {
+    id: Uuid,
+    tenant_id: Uuid,
+    email: String,
+    first_order_id: Uuid,
+    orders_count: i32,
+    created_at: DateTime<Utc>,
+}
+
+/// `GET /api/customers`.
+pub async fn list_customers(
+    caller: Caller,
+    State(state): State<AppState>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Paged<CustomerRow>>, ApiError> {
+    caller.require(STAFF_READ)?;
+    let page = Page::try_from(&query)?;
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM customers WHERE ($1::uuid IS NULL OR tenant_id = $1)",
+    )
+    .bind(caller.tenant_filter())
+    .fetch_one(&state.pool)
+    .await?;
+    let items: Vec<CustomerRow> = sqlx::query_as(
+        "SELECT id, tenant_id, email, first_order_id, orders_count, created_at FROM customers \
+         WHERE ($1::uuid IS NULL OR tenant_id = $1) ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
+    )
+    .bind(caller.tenant_filter())
+    .bind(page.per_page)
+    .bind(page.offset())
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(Paged::new(items, page, total)))
+}
+
+/// `GET /api/customers/{id}`.
+pub async fn get_customer(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<CustomerRow>, ApiError> {
+    caller.require(STAFF_READ)?;
+    let row: CustomerRow = sqlx::query_as(
+        "SELECT id, tenant_id, email, first_order_id, orders_count, created_at FROM customers WHERE id = $1",
+    )
+    .bind(parse_id(&id)?)
+    .fetch_optional(&state.pool)
+    .await?
+    .ok_or(ApiError::NotFound("no such customer"))?;
+    caller.tenant_scope(row.tenant_id)?;
+    Ok(Json(row))
+}
+
+/// A domain and what was provisioned for it.
+#[derive(Debug, Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainRow {
+    domain: String,
+    tenant_id: Uuid,
+    subscription_id: Uuid,
+    order_id: Uuid,
+    created_at: DateTime<Utc>,
+    zone: Option<String>,
+    web_root: Option<String>,
+    mailbox: Option<String>,
+}
+
+const DOMAIN_SELECT: &str =
+    "SELECT d.domain, d.tenant_id, d.subscription_id, d.order_id, d.created_at, \
+    z.zone, h.web_root, m.address AS mailbox \
+    FROM domains d \
+    LEFT JOIN dns_zones z ON z.domain = d.domain \
+    LEFT JOIN hosting_accounts h ON h.domain = d.domain \
+    LEFT JOIN mail_accounts m ON m.domain = d.domain";
+
+/// `GET /api/domains`.
+pub async fn list_domains(
+    caller: Caller,
+    State(state): State<AppState>,
+    Query(query): Query<PageQuery>,
+) -> Result<Json<Paged<DomainRow>>, ApiError> {
+    caller.require(STAFF_READ)?;
+    let page = Page::try_from(&query)?;
+    let total: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM domains WHERE ($1::uuid IS NULL OR tenant_id = $1)",
+    )
+    .bind(caller.tenant_filter())
+    .fetch_one(&state.pool)
+    .await?;
+    let items: Vec<DomainRow> = sqlx::query_as(&format!(
+        "{DOMAIN_SELECT} WHERE ($1::uuid IS NULL OR d.tenant_id = $1) ORDER BY d.domain LIMIT $2 OFFSET $3"
+    ))
+    .bind(caller.tenant_filter())
+    .bind(page.per_page)
+    .bind(page.offset())
+    .fetch_all(&state.pool)
+    .await?;
+    Ok(Json(Paged::new(items, page, total)))
+}
+
+/// `GET /api/domains/{domain}` (also with DNS records).
+pub async fn get_domain(
+    caller: Caller,
+    State(state): State<AppState>,
+    Path(domain): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    caller.require(STAFF_READ)?;
+    let domain =
+        DomainName::parse(&domain).map_err(|e| ApiError::field("domain", e.to_string()))?;
+    let row: DomainRow = sqlx::query_as(&format!("{DOMAIN_SELECT} WHERE d.domain = $1"))
+        .bind(domain.as_str())
+        .fetch_optional(&state.pool)
+        .await?
+        .ok_or(ApiError::NotFound("no such domain"))?;
+    caller.tenant_scope(row.tenant_id)?;
+    let records: Vec<(String, String, i32, Vec<String>)> = sqlx::query_as(
+        "SELECT name, record_type, ttl, contents FROM dns_records WHERE zone = $1 ORDER BY name, record_type",
+    )
+    .bind(domain.fqdn())
+    .fetch_all(&state.pool)
+    .await?;
+    let mut body = serde_json::to_value(&row).map_err(|e| ApiError::Internal(e.to_string()))?;
+    body["records"] = records
+        .into_iter()
+        .map(|(name, record_type, ttl, contents)| {
+            serde_json::json!({ "name": name, "type": record_type, "ttl": ttl, "contents": contents })
+        })
+        .collect();
+    Ok(Json(body))
+}
