@@ -6,6 +6,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use std::sync::Arc;
 
+use mpanel_adapters::auth::{create_user, Role};
 use mpanel_adapters::bus::CommandBus;
 use mpanel_adapters::config::{self, Config, Env};
 use mpanel_adapters::metadata::EventMetadata;
@@ -15,7 +16,7 @@ use mpanel_adapters::provisioners::mail::{MailConfig, SshMailProvisioner};
 use mpanel_adapters::worker::ProvisionerSet;
 use mpanel_domain::job::JobCommand;
 use mpanel_domain::step::ProvisioningStep;
-use mpanel_domain::values::Email;
+use mpanel_domain::values::{Email, TenantSlug};
 use secrecy::SecretString;
 
 /// mpanel: event-sourced order and provisioning engine for hosting companies.
@@ -37,10 +38,32 @@ enum Command {
         #[command(subcommand)]
         what: SeedWhat,
     },
+    /// Staff and customer logins.
+    Users {
+        #[command(subcommand)]
+        what: UsersWhat,
+    },
     /// Provisioning jobs.
     Jobs {
         #[command(subcommand)]
         what: JobsWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum UsersWhat {
+    /// Create a login. The password is read from standard input (prompted for on a terminal),
+    /// never from the command line, which other users of the machine can see.
+    Create {
+        /// The tenant's slug (omit for a super admin).
+        #[arg(long)]
+        tenant: Option<String>,
+        /// The login e-mail.
+        #[arg(long)]
+        email: String,
+        /// super_admin, admin, support, auditor or customer.
+        #[arg(long)]
+        role: String,
     },
 }
 
@@ -120,6 +143,36 @@ async fn main() -> Result<()> {
                     .await?;
             println!("{}", serde_json::to_string(&seeded)?);
         }
+        Command::Users {
+            what: UsersWhat::Create { tenant, email, role },
+        } => {
+            let email = Email::parse(&email).map_err(|e| anyhow::anyhow!("--email {e}"))?;
+            let role: Role = role
+                .parse()
+                .map_err(|_| anyhow::anyhow!("--role must be one of super_admin, admin, support, auditor, customer"))?;
+            let tenant = tenant
+                .map(|t| TenantSlug::parse(&t).map_err(|e| anyhow::anyhow!("--tenant {e}")))
+                .transpose()?;
+            let password = read_password()?;
+            let pool = pool().await?;
+            let tenant_id = match tenant {
+                Some(slug) => {
+                    let id = mpanel_domain::ids::tenant_id(&slug);
+                    let known: Option<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
+                        .bind(id)
+                        .fetch_optional(&pool)
+                        .await
+                        .context("looking up the tenant")?;
+                    known.with_context(|| format!("no tenant {slug}"))?;
+                    Some(id)
+                }
+                None => None,
+            };
+            let id = create_user(&pool, tenant_id, &email, role, &password)
+                .await
+                .context("creating the user")?;
+            println!("{}", serde_json::json!({ "userId": id, "email": email.as_str(), "role": role.as_str() }));
+        }
         Command::Jobs {
             what: JobsWhat::Retry { id },
         } => {
@@ -142,6 +195,21 @@ async fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads a password from standard input: one line, without its newline. On a terminal it asks
+/// first (and the input is echoed — pipe it in to avoid that).
+fn read_password() -> Result<SecretString> {
+    use std::io::{BufRead, Write};
+    if std::io::stdin().is_terminal() {
+        eprint!("password: ");
+        std::io::stderr().flush().ok();
+    }
+    let mut line = String::new();
+    std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
+    let password = line.trim_end_matches(['\r', '\n']).to_owned();
+    anyhow::ensure!(!password.is_empty(), "no password on standard input");
+    Ok(SecretString::from(password))
 }
 
 /// The real provisioners, each configured from its environment variables.
