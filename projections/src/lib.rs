@@ -2,13 +2,15 @@
 //!
 //! cqrs-es runs its query processors in-process after a commit, so a crash loses them, and its
 //! replay orders by per-aggregate sequence. mpanel does not use them: every consumer of events
-//! (projectors, the saga, later the audit sealer) is a *subscriber* that reads the `events`
+//! (projectors, the saga, the audit sealer) is a *subscriber* that reads the `events`
 //! table itself, in `(tx_id, global_position)` order, from a checkpoint stored in Postgres
 //! (DESIGN §3). See [`feed`] for the ordering rule and [`runner`] for delivery guarantees.
 
+pub mod audit;
 pub mod feed;
 pub mod projectors;
 pub mod runner;
+pub mod status;
 
 pub use feed::{Checkpoint, FeedEvent};
 pub use runner::{Projector, Reactor, RunnerConfig, Subscriber};

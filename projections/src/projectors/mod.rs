@@ -20,7 +20,8 @@ pub use subscriptions::SubscriptionsProjector;
 use crate::runner::Subscriber;
 use crate::{FeedEvent, SubscriberError};
 
-/// Every projector, as subscribers for the runner.
+/// Every projector, as subscribers for the runner, including the audit sealer (it is one: its
+/// seals commit with its checkpoint).
 #[must_use]
 pub fn all() -> Vec<Subscriber> {
     vec![
@@ -30,6 +31,7 @@ pub fn all() -> Vec<Subscriber> {
         Subscriber::Projector(Arc::new(SubscriptionsProjector)),
         Subscriber::Projector(Arc::new(JobsProjector)),
         Subscriber::Projector(Arc::new(ProvisioningProjector)),
+        Subscriber::Projector(Arc::new(crate::audit::AuditSealer)),
     ]
 }
 
