@@ -29,6 +29,9 @@ pub struct Config {
     pub port: u16,
     /// Shared secret of the marketing site's order webhook (`MARKETING_WEBHOOK_SECRET`, ≥ 16 bytes).
     pub marketing_webhook_secret: SecretString,
+    /// Signing secret of the Stripe webhook endpoint (`STRIPE_WEBHOOK_SECRET`, `whsec_…`,
+    /// ≥ 16 bytes when set). Optional: without it `POST /api/webhooks/stripe` answers 503.
+    pub stripe_webhook_secret: Option<SecretString>,
     /// JWT signing secret (`JWT_SECRET`, ≥ 32 bytes).
     pub jwt_secret: SecretString,
     /// Lifetime of an access token (`JWT_ACCESS_EXPIRY`, default 15 minutes).
@@ -44,6 +47,70 @@ pub struct Config {
     pub redis_key_prefix: String,
     /// Provisioning worker settings.
     pub worker: WorkerSettings,
+    /// Request rate limits.
+    pub rate_limit: RateLimitSettings,
+    /// Browser origins allowed to call the API cross-origin (`CORS_ALLOWED_ORIGINS`, a comma
+    /// list of `scheme://host[:port]`, or `*` alone; empty or unset: no CORS headers at all).
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// Request rate limits (DESIGN §5): a burst of `max` requests, refilled at `max` per window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitSettings {
+    /// The window (`RATE_LIMIT_WINDOW_MS`, default 900000 = 15 minutes).
+    pub window: std::time::Duration,
+    /// Requests per window of one anonymous client address (`RATE_LIMIT_MAX_REQUESTS`, default
+    /// 100).
+    pub max_requests: u32,
+    /// Requests per window of one credential: the webhook key, or one user's access tokens
+    /// (`RATE_LIMIT_CREDENTIAL_MAX_REQUESTS`, default 10000).
+    pub credential_max_requests: u32,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        Self {
+            window: std::time::Duration::from_secs(15 * 60),
+            max_requests: 100,
+            credential_max_requests: 10_000,
+        }
+    }
+}
+
+/// Parses `CORS_ALLOWED_ORIGINS`: a comma list of origins (`https://shop.example.com`,
+/// `http://localhost:3000`), or `*` alone for any origin. Blank entries are ignored.
+///
+/// # Errors
+/// A reason naming the entry at fault (not the variable: the caller knows it).
+pub fn parse_origins(input: &str) -> Result<Vec<String>, String> {
+    let origins: Vec<String> = input
+        .split(',')
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if origins.iter().any(|o| o == "*") {
+        if origins.len() > 1 {
+            return Err("`*` must stand alone".into());
+        }
+        return Ok(origins);
+    }
+    for origin in &origins {
+        let host = origin
+            .strip_prefix("https://")
+            .or_else(|| origin.strip_prefix("http://"))
+            .ok_or_else(|| format!("{origin:?} must start with https:// or http://"))?;
+        let valid = !host.is_empty()
+            && host.bytes().all(|b| {
+                b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b':' | b'[' | b']')
+            });
+        if !valid {
+            return Err(format!(
+                "{origin:?} is not an origin: scheme://host[:port], without path or trailing slash"
+            ));
+        }
+    }
+    Ok(origins)
 }
 
 /// Provisioning worker settings.
@@ -158,6 +225,24 @@ fn secret(
     min_len: usize,
 ) -> Result<SecretString, ConfigError> {
     let value = required(env, var)?;
+    secret_of_length(var, value, min_len)
+}
+
+fn optional_secret(
+    env: &impl Lookup,
+    var: &'static str,
+    min_len: usize,
+) -> Result<Option<SecretString>, ConfigError> {
+    env.get(var)
+        .map(|value| secret_of_length(var, value, min_len))
+        .transpose()
+}
+
+fn secret_of_length(
+    var: &'static str,
+    value: String,
+    min_len: usize,
+) -> Result<SecretString, ConfigError> {
     if value.len() < min_len {
         return Err(ConfigError {
             var,
@@ -205,6 +290,43 @@ impl Config {
             backoff_cap: millis("JOB_BACKOFF_CAP_MS", 300_000)?,
             sweep_interval: millis("SWEEP_INTERVAL_MS", 1000)?,
         };
+        let defaults = RateLimitSettings::default();
+        let at_least_one = |var: &'static str, default: u32| -> Result<u32, ConfigError> {
+            let n = parsed(env, var, default)?;
+            if n == 0 {
+                return Err(ConfigError {
+                    var,
+                    reason: "must be at least 1".into(),
+                });
+            }
+            Ok(n)
+        };
+        let window_ms = parsed(
+            env,
+            "RATE_LIMIT_WINDOW_MS",
+            u64::try_from(defaults.window.as_millis()).unwrap_or(u64::MAX),
+        )?;
+        if window_ms == 0 {
+            return Err(ConfigError {
+                var: "RATE_LIMIT_WINDOW_MS",
+                reason: "must be at least 1".into(),
+            });
+        }
+        let rate_limit = RateLimitSettings {
+            window: std::time::Duration::from_millis(window_ms),
+            max_requests: at_least_one("RATE_LIMIT_MAX_REQUESTS", defaults.max_requests)?,
+            credential_max_requests: at_least_one(
+                "RATE_LIMIT_CREDENTIAL_MAX_REQUESTS",
+                defaults.credential_max_requests,
+            )?,
+        };
+        let cors_allowed_origins = env
+            .get("CORS_ALLOWED_ORIGINS")
+            .map_or(Ok(Vec::new()), |v| parse_origins(&v))
+            .map_err(|reason| ConfigError {
+                var: "CORS_ALLOWED_ORIGINS",
+                reason,
+            })?;
         let redis_url = required(env, "REDIS_URL")?;
         if !(redis_url.starts_with("redis://") || redis_url.starts_with("rediss://")) {
             return Err(ConfigError {
@@ -263,8 +385,11 @@ impl Config {
             host: parsed(env, "HOST", IpAddr::from([127, 0, 0, 1]))?,
             port: parsed(env, "PORT", 2271u16)?,
             marketing_webhook_secret: secret(env, "MARKETING_WEBHOOK_SECRET", 16)?,
+            stripe_webhook_secret: optional_secret(env, "STRIPE_WEBHOOK_SECRET", 16)?,
             jwt_secret: secret(env, "JWT_SECRET", 32)?,
             job_max_attempts,
+            rate_limit,
+            cors_allowed_origins,
         })
     }
 }
@@ -379,6 +504,100 @@ mod tests {
             };
             let err = Config::load(&env).expect_err(var);
             assert_eq!(err.var, var);
+        }
+    }
+
+    #[test]
+    fn the_stripe_secret_is_optional_but_not_short() {
+        assert!(Config::load(&base())
+            .expect("valid")
+            .stripe_webhook_secret
+            .is_none());
+        let mut env = base();
+        env.insert("STRIPE_WEBHOOK_SECRET", "");
+        assert!(Config::load(&env)
+            .expect("valid")
+            .stripe_webhook_secret
+            .is_none());
+        env.insert("STRIPE_WEBHOOK_SECRET", "whsec_0123456789abcdef");
+        let c = Config::load(&env).expect("valid");
+        assert_eq!(
+            c.stripe_webhook_secret
+                .as_ref()
+                .map(ExposeSecret::expose_secret),
+            Some("whsec_0123456789abcdef")
+        );
+        assert!(!format!("{c:?}").contains("whsec_0123456789abcdef"));
+        env.insert("STRIPE_WEBHOOK_SECRET", "whsec_short");
+        assert_eq!(
+            Config::load(&env).expect_err("short").var,
+            "STRIPE_WEBHOOK_SECRET"
+        );
+    }
+
+    #[test]
+    fn rate_limits_and_cors_origins_come_from_the_environment() {
+        let c = Config::load(&base()).expect("valid");
+        assert_eq!(c.rate_limit, RateLimitSettings::default());
+        assert_eq!(c.rate_limit.window, std::time::Duration::from_secs(900));
+        assert_eq!(c.rate_limit.max_requests, 100);
+        assert!(c.rate_limit.credential_max_requests > c.rate_limit.max_requests);
+        assert!(c.cors_allowed_origins.is_empty());
+
+        let mut env = base();
+        env.insert("RATE_LIMIT_WINDOW_MS", "60000");
+        env.insert("RATE_LIMIT_MAX_REQUESTS", "5");
+        env.insert("RATE_LIMIT_CREDENTIAL_MAX_REQUESTS", "50");
+        env.insert(
+            "CORS_ALLOWED_ORIGINS",
+            " https://shop.example.com, http://localhost:3000 ,",
+        );
+        let c = Config::load(&env).expect("valid");
+        assert_eq!(
+            c.rate_limit,
+            RateLimitSettings {
+                window: std::time::Duration::from_secs(60),
+                max_requests: 5,
+                credential_max_requests: 50,
+            }
+        );
+        assert_eq!(
+            c.cors_allowed_origins,
+            ["https://shop.example.com", "http://localhost:3000"]
+        );
+        env.insert("CORS_ALLOWED_ORIGINS", "");
+        assert!(Config::load(&env)
+            .expect("valid")
+            .cors_allowed_origins
+            .is_empty());
+        env.insert("CORS_ALLOWED_ORIGINS", "*");
+        assert_eq!(
+            Config::load(&env).expect("valid").cors_allowed_origins,
+            ["*"]
+        );
+    }
+
+    #[test]
+    fn bad_rate_limits_and_origins_are_named() {
+        let cases = [
+            ("RATE_LIMIT_WINDOW_MS", "0"),
+            ("RATE_LIMIT_WINDOW_MS", "15m"),
+            ("RATE_LIMIT_MAX_REQUESTS", "0"),
+            ("RATE_LIMIT_MAX_REQUESTS", "-1"),
+            ("RATE_LIMIT_CREDENTIAL_MAX_REQUESTS", "0"),
+            ("RATE_LIMIT_CREDENTIAL_MAX_REQUESTS", "lots"),
+            ("CORS_ALLOWED_ORIGINS", "shop.example.com"),
+            ("CORS_ALLOWED_ORIGINS", "https://shop.example.com/"),
+            ("CORS_ALLOWED_ORIGINS", "https://shop.example.com/path"),
+            ("CORS_ALLOWED_ORIGINS", "https://"),
+            ("CORS_ALLOWED_ORIGINS", "*, https://shop.example.com"),
+            ("CORS_ALLOWED_ORIGINS", "https://a b.example.com"),
+        ];
+        for (var, value) in cases {
+            let mut env = base();
+            env.insert(var, value);
+            let err = Config::load(&env).expect_err(value);
+            assert_eq!(err.var, var, "{value:?}");
         }
     }
 

@@ -6,7 +6,7 @@
 //! or restarted — so losing Redis loses latency, never work.
 
 use fred::prelude::*;
-use fred::types::streams::{XCap, XReadResponse};
+use fred::types::streams::XCap;
 use uuid::Uuid;
 
 /// The stream's key under the default prefix (`REDIS_KEY_PREFIX`, default `mpanel`).
@@ -112,9 +112,9 @@ impl JobQueue {
         count: u64,
         block_ms: u64,
     ) -> Result<Vec<Delivery>, QueueError> {
-        let response: Result<XReadResponse<String, String, String, String>, _> = self
+        let response: Result<fred::types::Value, _> = self
             .client
-            .xreadgroup_map(
+            .xreadgroup(
                 GROUP,
                 consumer,
                 Some(count),
@@ -125,7 +125,9 @@ impl JobQueue {
             )
             .await;
         let response = match response {
-            Ok(r) => r,
+            // A wait that timed out answers nil, not an empty map.
+            Ok(value) if value.is_null() => return Ok(vec![]),
+            Ok(value) => value.into_xread_response::<String, String, String, String>()?,
             Err(e) if e.details().contains("NOGROUP") => {
                 self.ensure_group().await?;
                 return Ok(vec![]);

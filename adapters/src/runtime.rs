@@ -118,16 +118,25 @@ pub async fn serve(
 
     let state = AppState::new(pool.clone(), bus, &config.marketing_webhook_secret)
         .with_queue(queue.clone())
-        .with_auth(crate::auth::AuthSettings::from_config(&config));
+        .with_auth(crate::auth::AuthSettings::from_config(&config))
+        .with_rate_limit(&config.rate_limit)
+        .with_cors_origins(&config.cors_allowed_origins);
+    let state = match &config.stripe_webhook_secret {
+        Some(secret) => state.with_stripe_secret(secret),
+        None => state,
+    };
     let addr = SocketAddr::new(config.host, config.port);
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| ServeError::Bind(addr, e))?;
     tracing::info!(%addr, "mpanel serving");
-    let served = axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(ServeError::Serve);
+    let served = axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+    .map_err(ServeError::Serve);
     tracing::info!("shutting down: stopping worker, sweeper and feed runners");
     let _ = stop_tx.send(true);
     for task in tasks {

@@ -43,6 +43,16 @@ enum Command {
         #[command(subcommand)]
         what: UsersWhat,
     },
+    /// The event log: verify the hash chain, export, replay.
+    Events {
+        #[command(subcommand)]
+        what: EventsWhat,
+    },
+    /// Feed subscribers (projectors, saga, audit sealer).
+    Projections {
+        #[command(subcommand)]
+        what: ProjectionsWhat,
+    },
     /// Provisioning jobs.
     Jobs {
         #[command(subcommand)]
@@ -65,6 +75,41 @@ enum UsersWhat {
         #[arg(long)]
         role: String,
     },
+}
+
+#[derive(Subcommand)]
+enum EventsWhat {
+    /// Recompute the hash chain of the database's log, or of an export file without any
+    /// database. Exits non-zero and names the first broken position when it does not verify.
+    Verify {
+        /// An NDJSON export to verify offline instead of the database.
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+        /// The file is a tenant-filtered export: check each line's seal, not continuity.
+        #[arg(long, requires = "file")]
+        sub_chain: bool,
+    },
+    /// Write the log with its seals as NDJSON to stdout (constant memory).
+    Export {
+        /// Only events after this global position (in feed order).
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        /// Only this tenant's events (a sub-chain: verify it with --sub-chain).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Load a full export into an empty database (verified first), then build every read model.
+    Replay {
+        /// The NDJSON export.
+        #[arg(long)]
+        file: std::path::PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsWhat {
+    /// Each subscriber's position, the head, the lag in events and seconds, the last error.
+    Status,
 }
 
 #[derive(Subcommand)]
@@ -144,12 +189,19 @@ async fn main() -> Result<()> {
             println!("{}", serde_json::to_string(&seeded)?);
         }
         Command::Users {
-            what: UsersWhat::Create { tenant, email, role },
+            what:
+                UsersWhat::Create {
+                    tenant,
+                    email,
+                    role,
+                },
         } => {
             let email = Email::parse(&email).map_err(|e| anyhow::anyhow!("--email {e}"))?;
-            let role: Role = role
-                .parse()
-                .map_err(|_| anyhow::anyhow!("--role must be one of super_admin, admin, support, auditor, customer"))?;
+            let role: Role = role.parse().map_err(|_| {
+                anyhow::anyhow!(
+                    "--role must be one of super_admin, admin, support, auditor, customer"
+                )
+            })?;
             let tenant = tenant
                 .map(|t| TenantSlug::parse(&t).map_err(|e| anyhow::anyhow!("--tenant {e}")))
                 .transpose()?;
@@ -158,11 +210,12 @@ async fn main() -> Result<()> {
             let tenant_id = match tenant {
                 Some(slug) => {
                     let id = mpanel_domain::ids::tenant_id(&slug);
-                    let known: Option<uuid::Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
-                        .bind(id)
-                        .fetch_optional(&pool)
-                        .await
-                        .context("looking up the tenant")?;
+                    let known: Option<uuid::Uuid> =
+                        sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
+                            .bind(id)
+                            .fetch_optional(&pool)
+                            .await
+                            .context("looking up the tenant")?;
                     known.with_context(|| format!("no tenant {slug}"))?;
                     Some(id)
                 }
@@ -171,7 +224,20 @@ async fn main() -> Result<()> {
             let id = create_user(&pool, tenant_id, &email, role, &password)
                 .await
                 .context("creating the user")?;
-            println!("{}", serde_json::json!({ "userId": id, "email": email.as_str(), "role": role.as_str() }));
+            println!(
+                "{}",
+                serde_json::json!({ "userId": id, "email": email.as_str(), "role": role.as_str() })
+            );
+        }
+        Command::Events { what } => return events(what).await,
+        Command::Projections {
+            what: ProjectionsWhat::Status,
+        } => {
+            let pool = pool().await?;
+            let status = mpanel_projections::status::status(&pool, &["saga"])
+                .await
+                .context("reading checkpoints")?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
         }
         Command::Jobs {
             what: JobsWhat::Retry { id },
@@ -197,6 +263,99 @@ async fn main() -> Result<()> {
     Ok(())
 }
 
+/// `mpanel events …`; exits 1 when a verification fails.
+async fn events(what: EventsWhat) -> Result<()> {
+    use mpanel_projections::audit::{self, ExportFilter, ExportScope};
+    match what {
+        EventsWhat::Verify { file, sub_chain } => {
+            let report = match file {
+                Some(path) => {
+                    let scope = if sub_chain {
+                        ExportScope::SubChain
+                    } else {
+                        ExportScope::Full
+                    };
+                    tokio::task::spawn_blocking(move || -> Result<_> {
+                        let reader = std::io::BufReader::new(
+                            std::fs::File::open(&path)
+                                .with_context(|| format!("opening {}", path.display()))?,
+                        );
+                        Ok(audit::verify_export(reader, scope)?)
+                    })
+                    .await??
+                }
+                None => audit::verify_database(&pool().await?)
+                    .await
+                    .context("verifying the log")?,
+            };
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            if !report.is_ok() {
+                std::process::exit(1);
+            }
+        }
+        EventsWhat::Export { after, tenant } => {
+            let tenant = tenant
+                .map(|t| TenantSlug::parse(&t).map(|s| mpanel_domain::ids::tenant_id(&s)))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--tenant {e}"))?;
+            let pool = pool().await?;
+            let filter = ExportFilter {
+                after,
+                tenant,
+                limit: None,
+            };
+            let mut out = tokio::io::BufWriter::new(tokio::io::stdout());
+            let summary = audit::export(&pool, &filter, &mut out)
+                .await
+                .context("exporting")?;
+            tokio::io::AsyncWriteExt::flush(&mut out).await?;
+            eprintln!("{}", serde_json::to_string(&summary)?);
+        }
+        EventsWhat::Replay { file } => {
+            let check = file.clone();
+            let verified = tokio::task::spawn_blocking(move || -> Result<_> {
+                let reader = std::io::BufReader::new(
+                    std::fs::File::open(&check)
+                        .with_context(|| format!("opening {}", check.display()))?,
+                );
+                Ok(audit::verify_export(reader, ExportScope::Full)?)
+            })
+            .await??;
+            anyhow::ensure!(
+                verified.is_ok(),
+                "the export does not verify: {}",
+                serde_json::to_string(&verified)?
+            );
+            let pool = pool().await?;
+            let reader = std::io::BufReader::new(
+                std::fs::File::open(&file)
+                    .with_context(|| format!("opening {}", file.display()))?,
+            );
+            let summary = audit::replay_export(reader, &pool, audit::DEFAULT_REPLAY_BATCH)
+                .await
+                .context("replaying")?;
+            for subscriber in mpanel_projections::projectors::all() {
+                mpanel_projections::runner::catch_up(&pool, &subscriber, 5000)
+                    .await
+                    .map_err(|f| {
+                        anyhow::anyhow!("{} failed at {}: {}", subscriber.name(), f.at, f.error)
+                    })?;
+            }
+            // The saga's decisions are already in the log: it starts at the head, not at 0.
+            sqlx::query(
+                "INSERT INTO checkpoints (subscriber, tx_id, position) \
+                 SELECT 'saga', tx_id, global_position FROM events ORDER BY tx_id DESC, global_position DESC LIMIT 1 \
+                 ON CONFLICT (subscriber) DO UPDATE SET tx_id = EXCLUDED.tx_id, position = EXCLUDED.position",
+            )
+            .execute(&pool)
+            .await
+            .context("placing the saga at the head")?;
+            println!("{}", serde_json::to_string(&summary)?);
+        }
+    }
+    Ok(())
+}
+
 /// Reads a password from standard input: one line, without its newline. On a terminal it asks
 /// first (and the input is echoed — pipe it in to avoid that).
 fn read_password() -> Result<SecretString> {
@@ -206,7 +365,10 @@ fn read_password() -> Result<SecretString> {
         std::io::stderr().flush().ok();
     }
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).context("reading the password from stdin")?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
     let password = line.trim_end_matches(['\r', '\n']).to_owned();
     anyhow::ensure!(!password.is_empty(), "no password on standard input");
     Ok(SecretString::from(password))

@@ -6,6 +6,8 @@
 //! was (or was not) written. The stack's services come from `scripts/test.sh`, which exports
 //! `DATABASE_URL` and the rest.
 
+pub mod proxy;
+
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -69,6 +71,8 @@ pub struct TestApp {
     pub database_url: String,
     /// The marketing webhook secret it accepts.
     pub webhook_secret: String,
+    /// The Stripe endpoint signing secret it verifies `Stripe-Signature` with.
+    pub stripe_secret: String,
     /// The seeded admin password (to check it never appears in logs).
     pub admin_password: String,
     /// The JWT secret.
@@ -120,6 +124,7 @@ impl TestApp {
         let database_url = with_database(&admin_url, &db);
         let webhook_secret = random_hex(32);
         let jwt_secret = random_hex(32);
+        let stripe_secret = format!("whsec_{}", random_hex(24));
         let admin_password = random_hex(16);
         let bin = mpanel_bin();
         assert!(
@@ -158,11 +163,15 @@ impl TestApp {
             ("HOST", "127.0.0.1"),
             ("MARKETING_WEBHOOK_SECRET", &webhook_secret),
             ("JWT_SECRET", &jwt_secret),
+            ("STRIPE_WEBHOOK_SECRET", &stripe_secret),
             ("RUST_LOG", "info"),
             ("REDIS_KEY_PREFIX", &redis_prefix),
             ("JOB_BACKOFF_BASE_MS", "100"),
             ("JOB_BACKOFF_CAP_MS", "1000"),
             ("SWEEP_INTERVAL_MS", "200"),
+            // Every test talks from 127.0.0.1: lift the per-client budget (100 per 15 min) so
+            // only `tests/rate_limit.rs`, which sets its own, meets it.
+            ("RATE_LIMIT_MAX_REQUESTS", "1000000"),
         ]
         .iter()
         .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -183,6 +192,7 @@ impl TestApp {
             pool,
             database_url,
             webhook_secret,
+            stripe_secret,
             admin_password,
             jwt_secret,
             tenant: seeded["tenant"].as_str().expect("tenant").to_owned(),
@@ -208,8 +218,7 @@ impl TestApp {
     /// # Panics
     /// When the server does not come back.
     pub async fn restart_with(&mut self, env: &[(&str, &str)]) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.kill();
         for (k, v) in env {
             self.env.retain(|(key, _)| key != k);
             self.env.push(((*k).to_owned(), (*v).to_owned()));
@@ -220,6 +229,12 @@ impl TestApp {
             .any(|(k, v)| k == "PORT" && *v == self.port.to_string()));
         self.child = start_serve(&mpanel_bin(), &self.env, &self.log_path);
         self.wait_ready().await;
+    }
+
+    /// Kills the server with SIGKILL (no graceful shutdown), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Runs an `mpanel` subcommand against this app's database; returns its stdout.

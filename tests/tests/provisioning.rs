@@ -1,10 +1,15 @@
 //! Provisioning end to end: webhook → saga → Redis → worker → real PowerDNS, sshd and Dovecot
 //! → ACTIVE only when every step really succeeded; a failing step is visible and retryable.
 
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Write};
+use std::time::{Duration, Instant};
 
+use mpanel_adapters::provisioners::mail::{LocalPart, MailConfig, SshMailProvisioner};
+use mpanel_domain::values::DomainName;
+use mpanel_tests::proxy::TcpProxy;
 use mpanel_tests::TestApp;
 use reqwest::StatusCode;
+use secrecy::SecretString;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -58,6 +63,82 @@ async fn subscription(
         .expect("subscription")
 }
 
+/// One IMAP LOGIN against the stack's Dovecot; the tagged answer line.
+fn imap_login(user: &str, password: &str) -> String {
+    let port: u16 = env("MAIL_IMAP_PORT").parse().expect("MAIL_IMAP_PORT");
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("IMAP port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("greeting");
+    write!(writer, "a1 LOGIN \"{user}\" \"{password}\"\r\n").expect("LOGIN");
+    loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).expect("answer") > 0,
+            "Dovecot hung up"
+        );
+        if line.starts_with("a1 ") {
+            let _ = writer.write_all(b"a2 LOGOUT\r\n");
+            return line.trim_end().to_owned();
+        }
+    }
+}
+
+/// `dig @127.0.0.1 -p PORT +short NAME A` against the stack's PowerDNS.
+fn dig_a(name: &str) -> String {
+    let out = std::process::Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &env("POWERDNS_DNS_PORT"),
+            "+short",
+            "+time=2",
+            "+tries=2",
+            name,
+            "A",
+        ])
+        .output()
+        .expect("dig (bind9-dnsutils) runs");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Polls the subscription through the read model until it is ACTIVE, asserting on every read
+/// that it never claims ACTIVE while a required step is unfinished.
+async fn active_and_never_early(app: &TestApp, sub: &str, secs: u64) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let mut reads = 0;
+    loop {
+        let row: Option<(String, Vec<String>, Vec<String>)> = sqlx::query_as(
+            "SELECT status, required_steps, succeeded_steps FROM subscriptions WHERE id = $1::uuid",
+        )
+        .bind(sub)
+        .fetch_optional(&app.pool)
+        .await
+        .expect("subscription");
+        reads += 1;
+        if let Some((status, required, succeeded)) = row {
+            if status == "ACTIVE" {
+                let mut done = succeeded.clone();
+                done.sort();
+                assert_eq!(
+                    done, required,
+                    "ACTIVE with unfinished steps after {reads} reads"
+                );
+                return;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "subscription {sub} not ACTIVE after {reads} reads"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn place(app: &TestApp, domain: &str) -> Value {
     let payment = format!("pi_{}", Uuid::new_v4().simple());
     let r = app
@@ -78,13 +159,7 @@ async fn a_paid_order_is_provisioned_on_the_real_servers_and_only_then_activated
         .to_owned();
     let order_id = body["orderId"].as_str().expect("orderId").to_owned();
 
-    app.eventually(60, "subscription ACTIVE", || async {
-        subscription(&app, &sub)
-            .await
-            .filter(|s| s.0 == "ACTIVE")
-            .map(|_| ())
-    })
-    .await;
+    active_and_never_early(&app, &sub, 60).await;
     let order_status: String = app
         .eventually(10, "order fulfilled", || async {
             sqlx::query_scalar::<_, String>("SELECT status FROM orders WHERE id = $1::uuid")
@@ -152,6 +227,38 @@ async fn a_paid_order_is_provisioned_on_the_real_servers_and_only_then_activated
             .any(|l| l.starts_with(&format!("postmaster@{domain}:"))),
         "mailbox in passwd-file"
     );
+
+    // Resolvers see the zone: apex and www answer with the web address.
+    let web_ip = std::env::var("HOSTING_WEB_IPV4").unwrap_or_else(|_| "127.0.0.1".into());
+    assert_eq!(dig_a(&domain), web_ip);
+    assert_eq!(dig_a(&format!("www.{domain}")), web_ip);
+
+    // The mailbox works: once the customer sets a password (the only way to get one, ADR 0012),
+    // IMAP LOGIN succeeds.
+    let mail = SshMailProvisioner::new(MailConfig::from_env().expect("mail config"))
+        .expect("mail provisioner");
+    let password = format!("pw-{}", Uuid::new_v4().simple());
+    let name = DomainName::parse(&domain).expect("domain");
+    mail.set_password(
+        &name,
+        &LocalPart::postmaster(),
+        &SecretString::from(password.clone()),
+    )
+    .await
+    .expect("set password");
+    let user = format!("postmaster@{domain}");
+    let started = Instant::now();
+    loop {
+        let answer = imap_login(&user, &password);
+        if answer.starts_with("a1 OK") {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "IMAP LOGIN refused: {answer}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // And the read models say so.
     let zones: i64 = sqlx::query_scalar("SELECT count(*) FROM dns_zones WHERE domain = $1")
@@ -264,4 +371,143 @@ async fn a_failing_step_is_visible_then_an_operator_retry_activates() {
     assert!(zone(&domain).await.is_some());
     remove_zone(&domain).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+#[tokio::test]
+async fn powerdns_down_records_each_failed_attempt_and_recovers_by_itself_when_it_returns() {
+    let pdns = env("POWERDNS_API_URL");
+    let target = pdns
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = TcpProxy::new(&target);
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let app = TestApp::spawn_with(&[
+        ("POWERDNS_API_URL", url.as_str()),
+        ("JOB_MAX_ATTEMPTS", "50"),
+        ("JOB_BACKOFF_BASE_MS", "200"),
+        ("JOB_BACKOFF_CAP_MS", "400"),
+    ])
+    .await;
+    let domain = unique_domain();
+    let body = place(&app, &domain).await;
+    let sub = body["subscriptionId"]
+        .as_str()
+        .expect("subscriptionId")
+        .to_owned();
+    let dns_job = body["jobIds"][0].as_str().expect("dns job").to_owned();
+
+    // While PowerDNS is "down", attempts fail and each failure is recorded.
+    let failures = app
+        .eventually(30, "two failed DNS attempts recorded", || async {
+            let errors: Vec<Value> = sqlx::query_scalar(
+                "SELECT payload FROM events WHERE aggregate_id = $1 AND event_type = 'JobAttemptFailed' ORDER BY sequence",
+            )
+            .bind(&dns_job)
+            .fetch_all(&app.pool)
+            .await
+            .expect("attempts");
+            (errors.len() >= 2).then_some(errors)
+        })
+        .await;
+    assert!(failures.iter().all(|f| f["JobAttemptFailed"]["error"]
+        .as_str()
+        .is_some_and(|e| e.contains("transient"))));
+    let (status, ..) = subscription(&app, &sub).await.expect("subscription");
+    assert_ne!(status, "ACTIVE");
+
+    // PowerDNS comes back: the next retry succeeds, no operator needed.
+    proxy.up().await;
+    active_and_never_early(&app, &sub, 60).await;
+    assert!(zone(&domain).await.is_some());
+    remove_zone(&domain).await;
+}
+
+#[tokio::test]
+async fn a_killed_server_and_a_flushed_queue_lose_no_order_and_repeat_no_side_effect() {
+    // PowerDNS answers slowly, so DNS jobs are mid-flight when the server is killed.
+    let pdns = env("POWERDNS_API_URL");
+    let target = pdns
+        .trim_start_matches("http://")
+        .trim_end_matches('/')
+        .to_owned();
+    let proxy = TcpProxy::new(&target).slow(Duration::from_millis(1500));
+    proxy.up().await;
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let mut app =
+        TestApp::spawn_with(&[("POWERDNS_API_URL", url.as_str()), ("JOB_LEASE_SECS", "4")]).await;
+    let domains: Vec<String> = (0..4).map(|_| unique_domain()).collect();
+    let mut subs = vec![];
+    for d in &domains {
+        subs.push(
+            place(&app, d).await["subscriptionId"]
+                .as_str()
+                .expect("sub")
+                .to_owned(),
+        );
+    }
+    app.eventually(20, "a DNS job running (leased, no outcome yet)", || async {
+        let running: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE step = 'dns' AND status = 'RUNNING'",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .expect("running");
+        (running > 0).then_some(())
+    })
+    .await;
+
+    // Crash: SIGKILL mid-job, and the queue's stream is gone (what FLUSHALL does to our keys).
+    app.kill();
+    let redis_url = env("REDIS_URL");
+    let flushed = std::process::Command::new("redis-cli")
+        .args([
+            "-u",
+            &redis_url,
+            "DEL",
+            &format!("{}:jobs", app.redis_prefix),
+        ])
+        .output()
+        .expect("redis-cli");
+    assert!(flushed.status.success());
+
+    // The server comes back and PowerDNS answers at normal speed again.
+    proxy.set_delay(Duration::ZERO);
+    app.restart_with(&[]).await;
+    for sub in &subs {
+        active_and_never_early(&app, sub, 90).await;
+    }
+    // Each side effect exactly once: one zone, one account directory, one passwd line, and
+    // one recorded success per job.
+    let passwd = std::fs::read_to_string(env("MAIL_PASSWD_FILE")).expect("passwd-file");
+    for d in &domains {
+        assert!(zone(d).await.is_some(), "{d} zone");
+        let lines = passwd
+            .lines()
+            .filter(|l| l.starts_with(&format!("postmaster@{d}:")))
+            .count();
+        assert_eq!(lines, 1, "{d} mailbox once");
+        assert!(std::path::Path::new(&env("HOSTING_ROOT"))
+            .join(d)
+            .join("public_html/index.html")
+            .is_file());
+    }
+    let doubled: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (SELECT aggregate_id FROM events WHERE event_type = 'JobSucceeded' \
+         GROUP BY aggregate_id HAVING count(*) > 1) d",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("doubles");
+    assert_eq!(doubled, 0, "no job succeeded twice");
+    let activations: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM events WHERE event_type = 'SubscriptionActivated'",
+    )
+    .fetch_one(&app.pool)
+    .await
+    .expect("activations");
+    assert_eq!(activations, 4);
+    for d in &domains {
+        remove_zone(d).await;
+    }
 }

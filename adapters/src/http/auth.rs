@@ -15,9 +15,11 @@ use axum::Json;
 use mpanel_domain::values::Email;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::json::{object, Fields};
+use super::openapi::{BadRequest, RateLimited, Unauthorized, Unavailable};
 use super::problem::ApiError;
 use super::AppState;
 use crate::auth::session::{self, presented_password, presented_refresh_token};
@@ -62,7 +64,7 @@ fn settings(state: &AppState) -> Result<&AuthSettings, ApiError> {
 }
 
 /// The token of an `Authorization: Bearer …` header.
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     let token = token.trim();
@@ -79,12 +81,16 @@ impl FromRequestParts<AppState> for Caller {
     }
 }
 
-#[derive(Serialize)]
+/// A user as the API shows it.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct UserBody {
     id: Uuid,
     email: String,
+    /// `super_admin`, `admin`, `support`, `auditor` or `customer`.
+    #[schema(value_type = String, example = "admin")]
     role: Role,
+    /// The user's tenant; absent (null) for a super admin.
     tenant_id: Option<Uuid>,
 }
 
@@ -99,14 +105,48 @@ impl From<User> for UserBody {
     }
 }
 
-#[derive(Serialize)]
+/// A new session: a short-lived access token and the refresh token that renews it.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct SessionBody<'a> {
+    /// JWT for `Authorization: Bearer …`.
     access_token: &'a str,
+    /// Opaque; spent by its first use on `/api/auth/refresh`.
     refresh_token: &'a str,
+    /// Always `Bearer`.
+    #[schema(example = "Bearer")]
     token_type: &'static str,
+    /// Seconds the access token lives.
+    #[schema(example = 900)]
     expires_in: u64,
     user: UserBody,
+}
+
+/// `POST /api/auth/login`'s body (documentation only: fields are read one by one).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct LoginBody {
+    #[schema(example = "admin@example.com")]
+    email: String,
+    #[schema(format = Password)]
+    password: String,
+}
+
+/// `POST /api/auth/refresh`'s body (documentation only).
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct RefreshBody {
+    refresh_token: String,
+}
+
+/// `POST /api/auth/logout`'s optional body (documentation only): without it, every session of
+/// the caller ends.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct LogoutBody {
+    refresh_token: Option<String>,
 }
 
 /// A session as JSON; never cached (it holds credentials).
@@ -127,6 +167,19 @@ fn session_response(session: Session) -> Response {
 
 /// `POST /api/auth/login` `{email, password}`: 200 with a session, 401 for an unknown e-mail
 /// or a wrong password alike, 422 for a malformed body.
+#[utoipa::path(
+    post,
+    path = "/api/auth/login",
+    tag = "auth",
+    request_body(content = LoginBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A new session (`Cache-Control: no-store`)", body = SessionBody),
+        Unauthorized,
+        BadRequest,
+        RateLimited,
+        Unavailable
+    )
+)]
 pub async fn login(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -146,6 +199,20 @@ pub async fn login(
 }
 
 /// `POST /api/auth/refresh` `{refreshToken}`: a new pair; the presented token is spent.
+#[utoipa::path(
+    post,
+    path = "/api/auth/refresh",
+    tag = "auth",
+    request_body(content = RefreshBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "A new session; the presented refresh token is spent \
+                                      (reusing it revokes the whole session)", body = SessionBody),
+        Unauthorized,
+        BadRequest,
+        RateLimited,
+        Unavailable
+    )
+)]
 pub async fn refresh(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -164,6 +231,18 @@ pub async fn refresh(
 }
 
 /// `GET /api/auth/me`: the caller.
+#[utoipa::path(
+    get,
+    path = "/api/auth/me",
+    tag = "auth",
+    responses(
+        (status = 200, description = "The caller", body = UserBody),
+        Unauthorized,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn me(caller: Caller, State(state): State<AppState>) -> Result<Response, ApiError> {
     let user = crate::auth::users::find(&state.pool, caller.user_id)
         .await?
@@ -173,6 +252,20 @@ pub async fn me(caller: Caller, State(state): State<AppState>) -> Result<Respons
 
 /// `POST /api/auth/logout` (optional `{refreshToken}`): ends that token's session, or all of the
 /// caller's sessions; 204 either way.
+#[utoipa::path(
+    post,
+    path = "/api/auth/logout",
+    tag = "auth",
+    request_body(content = Option<LogoutBody>, content_type = "application/json"),
+    responses(
+        (status = 204, description = "The session (or every session of the caller) ended"),
+        Unauthorized,
+        BadRequest,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn logout(
     caller: Caller,
     State(state): State<AppState>,

@@ -15,9 +15,14 @@ use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::values::{Currency, Money, TenantSlug};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::json::{object, Fields};
+use super::openapi::{
+    BadRequest, Conflict, Forbidden, InvalidParameter, NotFound, RateLimited, Unauthorized,
+    Unavailable,
+};
 use super::paging::{Page, PageQuery, Paged};
 use super::problem::ApiError;
 use super::AppState;
@@ -29,29 +34,79 @@ const CATALOG_READ: &[Role] = &[Role::Admin, Role::Support, Role::Auditor];
 const CATALOG_WRITE: &[Role] = &[Role::Admin];
 
 /// A product with its prices, as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProductView {
     id: Uuid,
     tenant_id: Uuid,
     name: String,
     description: String,
+    /// Provisioning steps, in order: `dns`, `hosting`, `mail`.
+    #[schema(example = json!(["dns", "hosting", "mail"]))]
     plan: Vec<String>,
     archived: bool,
     prices: Vec<PriceView>,
 }
 
 /// A price as the API shows it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PriceView {
     id: Uuid,
     #[serde(skip)]
     product_id: Uuid,
+    /// Amount in the currency's minor unit (cents).
+    #[schema(example = 999)]
     amount_minor: i64,
+    /// ISO 4217 code.
+    #[schema(example = "USD")]
     currency: String,
+    /// `month`, `year` or `one_time`.
+    #[schema(example = "month")]
     interval: String,
     active: bool,
+}
+
+/// `POST /api/products`'s body (documentation only: fields are read one by one so each
+/// refusal names its field).
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct CreateProductBody {
+    /// 1 to 200 characters.
+    name: String,
+    /// At most 2000 characters.
+    description: Option<String>,
+    /// Provisioning steps: `dns`, `hosting`, `mail`.
+    #[schema(example = json!(["dns", "hosting", "mail"]))]
+    plan: Vec<String>,
+    /// The tenant; required for a super admin, else must be the caller's own.
+    tenant_slug: Option<String>,
+}
+
+/// `PATCH /api/products/{id}`'s body (documentation only); absent fields stay as they are.
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct UpdateProductBody {
+    name: Option<String>,
+    description: Option<String>,
+    plan: Option<Vec<String>>,
+}
+
+/// `POST /api/products/{id}/prices`'s body (documentation only).
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct AddPriceBody {
+    /// Non-negative amount in minor units.
+    #[schema(minimum = 0, example = 999)]
+    amount_minor: i64,
+    #[schema(example = "USD")]
+    currency: String,
+    /// `month`, `year` or `one_time`.
+    #[schema(example = "month")]
+    interval: String,
 }
 
 fn view_of(id: Uuid, product: &Product) -> Option<ProductView> {
@@ -156,6 +211,22 @@ fn respond(
 
 /// `POST /api/products` `{name, description?, plan, tenantSlug?}` (admin; a super admin names
 /// the tenant) → 201.
+#[utoipa::path(
+    post,
+    path = "/api/products",
+    tag = "catalog",
+    request_body(content = CreateProductBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The new product", body = ProductView,
+         headers(("Location" = String, description = "/api/products/{id}"))),
+        Unauthorized,
+        Forbidden,
+        BadRequest,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn create(
     caller: Caller,
     State(state): State<AppState>,
@@ -212,6 +283,25 @@ pub async fn create(
 }
 
 /// `PATCH /api/products/{id}` `{name?, description?, plan?}` (admin).
+#[utoipa::path(
+    patch,
+    path = "/api/products/{id}",
+    tag = "catalog",
+    params(("id" = Uuid, Path, description = "The product")),
+    request_body(content = UpdateProductBody, content_type = "application/json"),
+    responses(
+        (status = 200, description = "The updated product", body = ProductView,
+         headers(("Location" = String, description = "/api/products/{id}"))),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        BadRequest,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn update(
     caller: Caller,
     State(state): State<AppState>,
@@ -247,6 +337,23 @@ pub async fn update(
 }
 
 /// `DELETE /api/products/{id}` (admin): archives; orders keep their snapshot. 204.
+#[utoipa::path(
+    delete,
+    path = "/api/products/{id}",
+    tag = "catalog",
+    params(("id" = Uuid, Path, description = "The product")),
+    responses(
+        (status = 204, description = "Archived"),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn archive(
     caller: Caller,
     State(state): State<AppState>,
@@ -269,6 +376,24 @@ pub async fn archive(
 }
 
 /// `POST /api/products/{id}/prices` `{amountMinor, currency, interval}` (admin) → 201.
+#[utoipa::path(
+    post,
+    path = "/api/products/{id}/prices",
+    tag = "catalog",
+    params(("id" = Uuid, Path, description = "The product")),
+    request_body(content = AddPriceBody, content_type = "application/json"),
+    responses(
+        (status = 201, description = "The new price", body = PriceView),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        BadRequest,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn add_price(
     caller: Caller,
     State(state): State<AppState>,
@@ -324,6 +449,26 @@ pub async fn add_price(
 }
 
 /// `DELETE /api/products/{id}/prices/{price_id}` (admin): stops selling the price. 204.
+#[utoipa::path(
+    delete,
+    path = "/api/products/{id}/prices/{price_id}",
+    tag = "catalog",
+    params(
+        ("id" = Uuid, Path, description = "The product"),
+        ("price_id" = Uuid, Path, description = "The price")
+    ),
+    responses(
+        (status = 204, description = "The price is no longer sold"),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn deactivate_price(
     caller: Caller,
     State(state): State<AppState>,
@@ -401,6 +546,25 @@ async fn with_prices(
 }
 
 /// `GET /api/products?active=true|false&page=&perPage=` (staff).
+#[utoipa::path(
+    get,
+    path = "/api/products",
+    tag = "catalog",
+    params(
+        PageQuery,
+        ("active" = Option<bool>, Query,
+         description = "true: only products on sale; false: only archived ones")
+    ),
+    responses(
+        (status = 200, description = "A page of products", body = Paged<ProductView>),
+        Unauthorized,
+        Forbidden,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list(
     caller: Caller,
     State(state): State<AppState>,
@@ -438,6 +602,22 @@ pub async fn list(
 }
 
 /// `GET /api/products/{id}` (staff).
+#[utoipa::path(
+    get,
+    path = "/api/products/{id}",
+    tag = "catalog",
+    params(("id" = Uuid, Path, description = "The product")),
+    responses(
+        (status = 200, description = "The product with all its prices", body = ProductView),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get(
     caller: Caller,
     State(state): State<AppState>,

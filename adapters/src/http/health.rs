@@ -12,11 +12,23 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::openapi::{RateLimited, Unavailable};
 use super::problem::ApiError;
 use super::AppState;
 use crate::MIGRATOR;
 
 /// `GET /`: name, version, links.
+#[utoipa::path(
+    get,
+    path = "/",
+    tag = "public",
+    responses(
+        (status = 200, description = "Name, version and links to the main endpoints",
+         body = Object,
+         example = json!({"name": "mpanel", "version": "0.1.0", "links": {"health": "/api/health"}})),
+        RateLimited
+    )
+)]
 pub async fn index() -> Json<Value> {
     Json(json!({
         "name": "mpanel",
@@ -32,6 +44,13 @@ pub async fn index() -> Json<Value> {
 }
 
 /// `GET /api/live`: the process is up.
+#[utoipa::path(
+    get,
+    path = "/api/live",
+    tag = "public",
+    responses((status = 200, description = "The process answers", body = Object,
+               example = json!({"status": "ok"})))
+)]
 pub async fn live() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
@@ -95,6 +114,16 @@ async fn check_redis(state: &AppState) -> Option<Check> {
 }
 
 /// `GET /api/ready`: 200 when Postgres and Redis answer and migrations are applied, else 503.
+#[utoipa::path(
+    get,
+    path = "/api/ready",
+    tag = "public",
+    responses(
+        (status = 200, description = "Postgres and Redis answer and every migration is applied",
+         body = Object, example = json!({"status": "ready"})),
+        Unavailable
+    )
+)]
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let pg = check_postgres(&state).await;
     if !pg.ok {
@@ -111,6 +140,20 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
 }
 
 /// `GET /api/health`: each dependency with status and latency.
+#[utoipa::path(
+    get,
+    path = "/api/health",
+    tag = "public",
+    responses(
+        (status = 200, description = "Every dependency is up", body = Object,
+         example = json!({"status": "ok", "version": "0.1.0", "checks": {
+             "postgres": {"status": "ok", "latencyMs": 0.4, "detail": null},
+             "migrations": {"status": "ok", "latencyMs": 0.6, "detail": null},
+             "redis": {"status": "ok", "latencyMs": 0.2, "detail": null}}})),
+        (status = 503, description = "Some dependency is down (same body, `status: degraded`)",
+         body = Object)
+    )
+)]
 pub async fn health(State(state): State<AppState>) -> Response {
     let pg = check_postgres(&state).await;
     let migrations = if pg.ok {

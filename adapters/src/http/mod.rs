@@ -4,27 +4,35 @@ pub mod auth;
 mod catalog;
 mod health;
 mod json;
+pub mod openapi;
 mod orders;
 pub mod paging;
 pub mod problem;
 mod public;
+pub mod rate_limit;
+#[cfg(test)]
+mod router_tests;
+pub mod stripe;
 mod views;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, HeaderName, HeaderValue, StatusCode};
-use axum::routing::{delete, get, post};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::Router;
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use tower::ServiceBuilder;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::bus::CommandBus;
 pub use problem::{ApiError, FieldError};
@@ -48,6 +56,12 @@ pub struct AppState {
     pub queue: Option<crate::queue::JobQueue>,
     /// Token keys and lifetimes; without them `/api/auth/*` and staff endpoints answer 503.
     pub auth: Option<Arc<crate::auth::AuthSettings>>,
+    /// Stripe's endpoint signing secret; without it `/api/webhooks/stripe` answers 503.
+    stripe_secret: Option<Arc<SecretString>>,
+    /// Request budgets per client and per credential.
+    limiter: Arc<rate_limit::Limiter>,
+    /// Origins allowed cross-origin; empty: no CORS.
+    cors_origins: Arc<[String]>,
 }
 
 impl AppState {
@@ -60,7 +74,38 @@ impl AppState {
             webhook_key_digest: Sha256::digest(webhook_secret.expose_secret().as_bytes()).into(),
             queue: None,
             auth: None,
+            stripe_secret: None,
+            limiter: Arc::new(rate_limit::Limiter::new(
+                &rate_limit::RateLimitSettings::default(),
+            )),
+            cors_origins: Arc::from([]),
         }
+    }
+
+    /// Sets the request rate limits (without it: DESIGN's defaults, 100 requests per client per
+    /// 15 minutes).
+    #[must_use]
+    pub fn with_rate_limit(mut self, settings: &rate_limit::RateLimitSettings) -> Self {
+        self.limiter = Arc::new(rate_limit::Limiter::new(settings));
+        self
+    }
+
+    /// Sets the browser origins allowed cross-origin (`CORS_ALLOWED_ORIGINS`, already validated
+    /// by [`crate::config::parse_origins`]); none: no CORS headers.
+    #[must_use]
+    pub fn with_cors_origins(mut self, origins: &[String]) -> Self {
+        self.cors_origins = origins.iter().cloned().collect();
+        self
+    }
+
+    /// Adds Stripe's endpoint signing secret (`STRIPE_WEBHOOK_SECRET`), enabling
+    /// `POST /api/webhooks/stripe`.
+    #[must_use]
+    pub fn with_stripe_secret(mut self, secret: &SecretString) -> Self {
+        self.stripe_secret = Some(Arc::new(SecretString::from(
+            secret.expose_secret().to_owned(),
+        )));
+        self
     }
 
     /// Adds the auth settings (login, tokens, the `Caller` extractor).
@@ -86,7 +131,70 @@ impl AppState {
     }
 }
 
+/// Every route with its handler, grouped by path. The same `routes!` calls feed the router and
+/// the OpenAPI document (each handler's `#[utoipa::path]`), so a served route is a documented
+/// one.
+fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(routes!(health::index))
+        .routes(routes!(health::live))
+        .routes(routes!(health::ready))
+        .routes(routes!(health::health))
+        .routes(routes!(openapi::openapi_json))
+        .routes(routes!(public::products))
+        .routes(routes!(orders::create, views::list_orders))
+        .routes(routes!(stripe::webhook))
+        .routes(routes!(auth::login))
+        .routes(routes!(auth::refresh))
+        .routes(routes!(auth::me))
+        .routes(routes!(auth::logout))
+        .routes(routes!(catalog::list, catalog::create))
+        .routes(routes!(catalog::get, catalog::update, catalog::archive))
+        .routes(routes!(catalog::add_price))
+        .routes(routes!(catalog::deactivate_price))
+        .routes(routes!(views::get_order))
+        .routes(routes!(views::order_events))
+        .routes(routes!(views::list_subscriptions))
+        .routes(routes!(views::get_subscription))
+        .routes(routes!(views::list_jobs))
+        .routes(routes!(views::get_job))
+        .routes(routes!(views::retry_job))
+        .routes(routes!(views::list_customers))
+        .routes(routes!(views::get_customer))
+        .routes(routes!(views::list_domains))
+        .routes(routes!(views::get_domain))
+}
+
+/// CORS for the configured origins: the staff UI's methods, and only the `authorization` and
+/// `content-type` request headers (`x-internal-key` is server to server and never needs a
+/// browser). `None` when no origin is configured, so no CORS header is ever sent.
+fn cors(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    Some(
+        CorsLayer::new()
+            .allow_origin(allow)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE])
+            .expose_headers([
+                header::LOCATION,
+                header::RETRY_AFTER,
+                HeaderName::from_static("x-request-id"),
+            ])
+            .max_age(Duration::from_secs(600)),
+    )
+}
+
 /// The API's router with its middleware stack.
+///
+/// From the outside in: request id, trace, timeout, security headers, CORS (when configured:
+/// preflights are answered before the rate limit), the rate limit, the body limit, the routes.
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let middleware = ServiceBuilder::new()
@@ -117,42 +225,17 @@ pub fn router(state: AppState) -> Router {
             header::STRICT_TRANSPORT_SECURITY,
             HeaderValue::from_static("max-age=31536000; includeSubDomains"),
         ));
-    Router::new()
-        .route("/", get(health::index))
-        .route("/api/live", get(health::live))
-        .route("/api/ready", get(health::ready))
-        .route("/api/health", get(health::health))
-        .route("/api/public/products", get(public::products))
-        .route("/api/orders", post(orders::create).get(views::list_orders))
-        .route("/api/auth/login", post(auth::login))
-        .route("/api/auth/refresh", post(auth::refresh))
-        .route("/api/auth/me", get(auth::me))
-        .route("/api/auth/logout", post(auth::logout))
-        .route("/api/products", get(catalog::list).post(catalog::create))
-        .route(
-            "/api/products/{id}",
-            get(catalog::get)
-                .patch(catalog::update)
-                .delete(catalog::archive),
-        )
-        .route("/api/products/{id}/prices", post(catalog::add_price))
-        .route(
-            "/api/products/{id}/prices/{price_id}",
-            delete(catalog::deactivate_price),
-        )
-        .route("/api/orders/{id}", get(views::get_order))
-        .route("/api/orders/{id}/events", get(views::order_events))
-        .route("/api/subscriptions", get(views::list_subscriptions))
-        .route("/api/subscriptions/{id}", get(views::get_subscription))
-        .route("/api/jobs", get(views::list_jobs))
-        .route("/api/jobs/{id}", get(views::get_job))
-        .route("/api/jobs/{id}/retry", post(views::retry_job))
-        .route("/api/customers", get(views::list_customers))
-        .route("/api/customers/{id}", get(views::get_customer))
-        .route("/api/domains", get(views::list_domains))
-        .route("/api/domains/{domain}", get(views::get_domain))
+    let (routes, _) = api_routes().split_for_parts();
+    let app = routes
         .fallback(|| async { ApiError::NotFound("no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(middleware)
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            rate_limit::limit,
+        ));
+    let app = match cors(&state.cors_origins) {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    app.layer(middleware).with_state(state)
 }

@@ -7,9 +7,13 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use mpanel_domain::values::{DomainName, Email, PaymentReference, TenantSlug};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::json::{object, Fields};
+use super::openapi::{BadRequest, Conflict, RateLimited, Unauthorized, Unavailable};
 use super::problem::ApiError;
 use super::AppState;
 use crate::intake::{place_order, IntakeError, IntakeOutcome, OrderRequest};
@@ -18,8 +22,68 @@ use crate::metadata::EventMetadata;
 /// The header carrying the marketing site's shared secret.
 pub const KEY_HEADER: &str = "x-internal-key";
 
+/// The order webhook's body (documentation only: the handler reads it field by field so that
+/// every refusal names its field).
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct OrderWebhookBody {
+    /// The tenant's slug.
+    #[schema(example = "migrahosting")]
+    tenant_slug: String,
+    /// A price of the tenant's catalog.
+    price_id: Uuid,
+    /// The buyer's e-mail.
+    #[schema(example = "buyer@example.com")]
+    customer_email: String,
+    /// The Stripe payment intent; the same intent is the same order.
+    #[schema(example = "pi_3Nc0ffee")]
+    stripe_payment_intent_id: String,
+    /// Required when the product's plan provisions DNS, hosting or mail.
+    #[schema(example = "example.com")]
+    domain: Option<String>,
+}
+
+/// What the webhook answers (the serialized [`crate::intake::PlacedOrder`]; documentation only,
+/// kept in step with it by a unit test).
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+pub struct OrderAccepted {
+    /// The order.
+    order_id: Uuid,
+    /// The subscription it opens.
+    subscription_id: Uuid,
+    /// One provisioning job per step of the plan.
+    job_ids: Vec<Uuid>,
+    /// The order's status now.
+    #[schema(example = "PAID")]
+    status: String,
+}
+
 /// Accepts a paid order: 201 new, 200 duplicate (same body), 409 same payment for something
 /// else, 422 invalid or unknown, 401 bad key.
+#[utoipa::path(
+    post,
+    path = "/api/orders",
+    tag = "orders",
+    request_body(content = OrderWebhookBody, content_type = "application/json"),
+    params(("traceparent" = Option<String>, Header,
+            description = "W3C trace context, recorded in the events' metadata")),
+    responses(
+        (status = 201, description = "A new order was placed", body = OrderAccepted,
+         headers(("Location" = String, description = "/api/orders/{orderId}"))),
+        (status = 200, description = "This payment intent already placed this order; same body",
+         body = OrderAccepted,
+         headers(("Location" = String, description = "/api/orders/{orderId}"))),
+        Unauthorized,
+        Conflict,
+        BadRequest,
+        RateLimited,
+        Unavailable
+    ),
+    security(("internalKey" = []))
+)]
 pub async fn create(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -35,22 +99,7 @@ pub async fn create(
     let metadata = EventMetadata::new("webhook").traced(traceparent(&headers));
     let outcome = place_order(&state.pool, &state.bus, request, metadata)
         .await
-        .map_err(|e| match e {
-            IntakeError::UnknownTenant => ApiError::field("tenantSlug", "no such tenant"),
-            IntakeError::UnknownPrice => {
-                ApiError::field("priceId", "no such price in this tenant's catalog")
-            }
-            IntakeError::InactivePrice => {
-                ApiError::field("priceId", "this price is no longer sold")
-            }
-            IntakeError::DomainRequired => {
-                ApiError::field("domain", "is required by the product's plan")
-            }
-            IntakeError::ConflictingOrder => ApiError::Conflict(
-                "this payment intent already placed an order with different details",
-            ),
-            IntakeError::Storage(e) => ApiError::Unavailable(e),
-        })?;
+        .map_err(|e| intake_error(e, &OrderFields::WEBHOOK))?;
     let (status, placed) = match outcome {
         IntakeOutcome::Created(p) => (StatusCode::CREATED, p),
         IntakeOutcome::Duplicate(p) => (StatusCode::OK, p),
@@ -65,14 +114,51 @@ fn parse(
     body: Result<Bytes, BytesRejection>,
 ) -> Result<OrderRequest, ApiError> {
     let body = object(headers, body)?;
+    order_request(&body, &OrderFields::WEBHOOK)
+}
+
+/// Where each part of an order request sits in a source's payload: the marketing webhook and
+/// Stripe parse the same value types, and each names the field at fault in its own terms.
+pub(super) struct OrderFields {
+    /// The tenant's slug.
+    pub tenant: &'static str,
+    /// The price's id.
+    pub price_id: &'static str,
+    /// The customer's e-mail.
+    pub customer_email: &'static str,
+    /// The payment reference (a Stripe payment intent id).
+    pub payment: &'static str,
+    /// The domain (optional).
+    pub domain: &'static str,
+}
+
+impl OrderFields {
+    /// `POST /api/orders`'s body.
+    pub const WEBHOOK: Self = Self {
+        tenant: "tenantSlug",
+        price_id: "priceId",
+        customer_email: "customerEmail",
+        payment: "stripePaymentIntentId",
+        domain: "domain",
+    };
+}
+
+/// Parses an order request from `body`, whose keys are `names`.
+///
+/// # Errors
+/// A 422 naming every field at fault.
+pub(super) fn order_request(
+    body: &Map<String, Value>,
+    names: &OrderFields,
+) -> Result<OrderRequest, ApiError> {
     let mut fields = Fields::default();
-    let tenant = fields.required(&body, "tenantSlug", TenantSlug::parse);
-    let price_id = fields.required(&body, "priceId", |s| {
+    let tenant = fields.required(body, names.tenant, TenantSlug::parse);
+    let price_id = fields.required(body, names.price_id, |s| {
         Uuid::parse_str(s).map_err(|_| "must be a UUID")
     });
-    let customer_email = fields.required(&body, "customerEmail", Email::parse);
-    let payment = fields.required(&body, "stripePaymentIntentId", PaymentReference::parse);
-    let domain = fields.optional(&body, "domain", DomainName::parse);
+    let customer_email = fields.required(body, names.customer_email, Email::parse);
+    let payment = fields.required(body, names.payment, PaymentReference::parse);
+    let domain = fields.optional(body, names.domain, DomainName::parse);
     fields.finish()?;
     match (tenant, price_id, customer_email, payment, domain) {
         (Some(tenant), Some(price_id), Some(customer_email), Some(payment), Some(domain)) => {
@@ -88,8 +174,28 @@ fn parse(
     }
 }
 
+/// The answer to a refused intake, naming the request field at fault in `names`' terms.
+pub(super) fn intake_error(e: IntakeError, names: &OrderFields) -> ApiError {
+    match e {
+        IntakeError::UnknownTenant => ApiError::field(names.tenant, "no such tenant"),
+        IntakeError::UnknownPrice => {
+            ApiError::field(names.price_id, "no such price in this tenant's catalog")
+        }
+        IntakeError::InactivePrice => {
+            ApiError::field(names.price_id, "this price is no longer sold")
+        }
+        IntakeError::DomainRequired => {
+            ApiError::field(names.domain, "is required by the product's plan")
+        }
+        IntakeError::ConflictingOrder => {
+            ApiError::Conflict("this payment intent already placed an order with different details")
+        }
+        IntakeError::Storage(e) => ApiError::Unavailable(e),
+    }
+}
+
 /// The W3C trace context of the request, if it sent a well-formed one.
-fn traceparent(headers: &HeaderMap) -> Option<String> {
+pub(super) fn traceparent(headers: &HeaderMap) -> Option<String> {
     let value = headers.get("traceparent")?.to_str().ok()?;
     let ok = value.len() == 55 && value.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
     ok.then(|| value.to_owned())

@@ -1,6 +1,7 @@
 //! Pagination of list endpoints: `?page=1&perPage=50` (at most 200 per page).
 
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
 use super::problem::ApiError;
 
@@ -8,10 +9,15 @@ use super::problem::ApiError;
 pub const MAX_PER_PAGE: i64 = 200;
 
 /// Query parameters common to lists.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, IntoParams)]
 #[serde(rename_all = "camelCase")]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
+    /// 1-based page number (default 1).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 1_000_000)]
     page: Option<String>,
+    /// Items per page (default 50, at most 200).
+    #[param(value_type = Option<i64>, minimum = 1, maximum = 200)]
     per_page: Option<String>,
 }
 
@@ -60,7 +66,7 @@ impl TryFrom<&PageQuery> for Page {
 }
 
 /// One page of a list.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Paged<T> {
     /// The items.

@@ -6,9 +6,10 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 /// One field's problem in a request body or query.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct FieldError {
     /// The field's name as the client sent it (`customerEmail`), or `body`.
     pub field: String,
@@ -53,6 +54,10 @@ pub enum ApiError {
     /// A dependency is down; try again later.
     #[error("{0}")]
     Unavailable(String),
+    /// The client or credential used up its request budget; it may retry after this many
+    /// seconds (sent as `Retry-After`).
+    #[error("rate limited for {0} s")]
+    RateLimited(u64),
     /// A bug or an unexpected failure; details are logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -90,6 +95,11 @@ impl ApiError {
                 "unavailable",
                 "Service unavailable",
             ),
+            Self::RateLimited(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Too many requests",
+            ),
             Self::Internal(_) => (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "internal",
@@ -99,15 +109,23 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Problem<'a> {
+/// An RFC 9457 problem document, the body of every error (`application/problem+json`).
+#[derive(Serialize, ToSchema)]
+pub struct Problem<'a> {
+    /// A stable URN per kind of problem, e.g. `urn:mpanel:problem:validation`.
     #[serde(rename = "type")]
+    #[schema(example = "urn:mpanel:problem:validation")]
     kind: String,
+    /// A short, human-readable summary of the kind.
     title: &'a str,
+    /// The HTTP status code.
     status: u16,
+    /// What went wrong with this request (never internal details).
     #[serde(skip_serializing_if = "Option::is_none")]
     detail: Option<String>,
+    /// For `validation` problems: each field at fault and why.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<FieldError>>)]
     errors: Option<&'a [FieldError]>,
 }
 
@@ -138,6 +156,9 @@ impl IntoResponse for ApiError {
             }
             Self::UnsupportedMediaType => Some("send the body as application/json".to_owned()),
             Self::PayloadTooLarge => Some("the request body exceeds the size limit".to_owned()),
+            Self::RateLimited(secs) => {
+                Some(format!("too many requests; retry after {secs} second(s)"))
+            }
         };
         let errors = match &self {
             Self::Validation(errors) => Some(errors.as_slice()),
@@ -155,6 +176,11 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Self::RateLimited(secs) = self {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         response
     }
 }
@@ -167,5 +193,25 @@ impl From<sqlx::Error> for ApiError {
             }
             other => Self::Internal(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limited_is_429_problem_json_with_retry_after() {
+        let response = ApiError::RateLimited(12).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        assert_eq!(header(header::RETRY_AFTER).as_deref(), Some("12"));
+        assert_eq!(header(header::CONTENT_TYPE).as_deref(), Some(PROBLEM_JSON));
     }
 }

@@ -5,32 +5,37 @@ use axum::Json;
 use mpanel_domain::ids;
 use mpanel_domain::values::TenantSlug;
 use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+use super::openapi::{InvalidParameter, NotFound, RateLimited, Unavailable};
 use super::problem::ApiError;
 use super::AppState;
 
 /// Query parameters.
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ProductsQuery {
+    /// The tenant's slug (required).
+    #[param(required = true, example = "migrahosting")]
     tenant: Option<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct PublicCatalog {
     tenant: PublicTenant,
     products: Vec<PublicProduct>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct PublicTenant {
     slug: String,
     name: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct PublicProduct {
     id: Uuid,
@@ -40,7 +45,7 @@ struct PublicProduct {
     prices: Vec<PublicPrice>,
 }
 
-#[derive(Serialize, sqlx::FromRow)]
+#[derive(Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct PublicPrice {
     id: Uuid,
@@ -52,6 +57,20 @@ struct PublicPrice {
 }
 
 /// Active products with their active prices.
+#[utoipa::path(
+    get,
+    path = "/api/public/products",
+    tag = "public",
+    params(ProductsQuery),
+    responses(
+        (status = 200, description = "The tenant and its active products with their active prices",
+         body = PublicCatalog),
+        InvalidParameter,
+        NotFound,
+        RateLimited,
+        Unavailable
+    )
+)]
 pub async fn products(
     State(state): State<AppState>,
     Query(query): Query<ProductsQuery>,

@@ -16,8 +16,12 @@ use mpanel_domain::values::{DomainName, Email};
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::PgPool;
+use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::openapi::{
+    Conflict, Forbidden, InvalidParameter, NotFound, RateLimited, Unauthorized, Unavailable,
+};
 use super::paging::{Page, PageQuery, Paged};
 use super::problem::ApiError;
 use super::AppState;
@@ -53,7 +57,7 @@ async fn own_customer(pool: &PgPool, caller: &Caller) -> Result<Option<Uuid>, Ap
 }
 
 /// An order as listed.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderRow {
     id: Uuid,
@@ -81,6 +85,21 @@ const ORDER_COLUMNS: &str = "id, tenant_id, customer_id, customer_email, product
     cancelled_at, cancel_reason";
 
 /// `GET /api/orders`.
+#[utoipa::path(
+    get,
+    path = "/api/orders",
+    tag = "orders",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of orders, newest first (customers: their own)", body = Paged<OrderRow>),
+        Unauthorized,
+        Forbidden,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_orders(
     caller: Caller,
     State(state): State<AppState>,
@@ -108,7 +127,7 @@ pub async fn list_orders(
 }
 
 /// A subscription with its step progress.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionRow {
     id: Uuid,
@@ -131,7 +150,7 @@ const SUBSCRIPTION_COLUMNS: &str =
     succeeded_steps, failed_step, last_error, opened_at, activated_at, updated_at";
 
 /// A job: attempts, last error, next run.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobRow {
     id: Uuid,
@@ -148,6 +167,8 @@ pub struct JobRow {
     lease_expires_at: Option<DateTime<Utc>>,
     worker: Option<String>,
     last_error: Option<String>,
+    /// What the provisioner reported on success (step-specific).
+    #[schema(value_type = Option<Object>)]
     outcome: Option<Value>,
     scheduled_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
@@ -158,7 +179,7 @@ const JOB_COLUMNS: &str =
     max_attempts, due_at, lease_expires_at, worker, last_error, outcome, scheduled_at, updated_at";
 
 /// An order with its subscription and jobs.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderDetail {
     #[serde(flatten)]
@@ -184,6 +205,22 @@ async fn visible_order(state: &AppState, caller: &Caller, id: Uuid) -> Result<Or
 }
 
 /// `GET /api/orders/{id}`: the order, its subscription `{id, status, steps}` and its jobs.
+#[utoipa::path(
+    get,
+    path = "/api/orders/{id}",
+    tag = "orders",
+    params(("id" = Uuid, Path, description = "The order")),
+    responses(
+        (status = 200, description = "The order with its subscription and jobs", body = OrderDetail),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_order(
     caller: Caller,
     State(state): State<AppState>,
@@ -211,7 +248,7 @@ pub async fn get_order(
 }
 
 /// One event of an order's history.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct HistoryEvent {
     position: i64,
@@ -222,12 +259,32 @@ pub struct HistoryEvent {
     event_version: String,
     actor: Option<String>,
     recorded_at: DateTime<Utc>,
+    /// The event's payload (see docs/EVENTS.md).
+    #[schema(value_type = Object)]
     payload: Value,
+    /// Actor, correlation and trace ids.
+    #[schema(value_type = Object)]
     metadata: Value,
 }
 
 /// `GET /api/orders/{id}/events`: the order's whole history across its subscription and jobs,
 /// in feed (commit) order, with actor and time.
+#[utoipa::path(
+    get,
+    path = "/api/orders/{id}/events",
+    tag = "orders",
+    params(("id" = Uuid, Path, description = "The order")),
+    responses(
+        (status = 200, description = "The order's events across its subscription and jobs, in commit order", body = Vec<HistoryEvent>),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn order_events(
     caller: Caller,
     State(state): State<AppState>,
@@ -255,6 +312,21 @@ pub async fn order_events(
 }
 
 /// `GET /api/subscriptions`.
+#[utoipa::path(
+    get,
+    path = "/api/subscriptions",
+    tag = "operations",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of subscriptions, newest first (customers: their own)", body = Paged<SubscriptionRow>),
+        Unauthorized,
+        Forbidden,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_subscriptions(
     caller: Caller,
     State(state): State<AppState>,
@@ -284,6 +356,22 @@ pub async fn list_subscriptions(
 }
 
 /// `GET /api/subscriptions/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/subscriptions/{id}",
+    tag = "operations",
+    params(("id" = Uuid, Path, description = "The subscription")),
+    responses(
+        (status = 200, description = "The subscription with its step progress", body = SubscriptionRow),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_subscription(
     caller: Caller,
     State(state): State<AppState>,
@@ -307,6 +395,21 @@ pub async fn get_subscription(
 }
 
 /// `GET /api/jobs`.
+#[utoipa::path(
+    get,
+    path = "/api/jobs",
+    tag = "operations",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of provisioning jobs, newest first", body = Paged<JobRow>),
+        Unauthorized,
+        Forbidden,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_jobs(
     caller: Caller,
     State(state): State<AppState>,
@@ -342,6 +445,22 @@ async fn visible_job(state: &AppState, caller: &Caller, id: Uuid) -> Result<JobR
 }
 
 /// `GET /api/jobs/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/jobs/{id}",
+    tag = "operations",
+    params(("id" = Uuid, Path, description = "The job")),
+    responses(
+        (status = 200, description = "The job", body = JobRow),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_job(
     caller: Caller,
     State(state): State<AppState>,
@@ -351,7 +470,36 @@ pub async fn get_job(
     Ok(Json(visible_job(&state, &caller, parse_id(&id)?).await?))
 }
 
+/// What `POST /api/jobs/{id}/retry` answers (documentation only: the handler builds it as JSON).
+#[derive(ToSchema)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct RetryAccepted {
+    job_id: Uuid,
+    /// The new attempt series.
+    series: u32,
+    #[schema(example = "SCHEDULED")]
+    status: String,
+}
+
 /// `POST /api/jobs/{id}/retry` (admin, support): starts a new attempt series; 202.
+#[utoipa::path(
+    post,
+    path = "/api/jobs/{id}/retry",
+    tag = "operations",
+    params(("id" = Uuid, Path, description = "The job")),
+    responses(
+        (status = 202, description = "A new attempt series is scheduled", body = RetryAccepted),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        Conflict,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn retry_job(
     caller: Caller,
     State(state): State<AppState>,
@@ -389,7 +537,7 @@ pub async fn retry_job(
 }
 
 /// A customer as listed.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct CustomerRow {
     id: Uuid,
@@ -401,6 +549,21 @@ pub struct CustomerRow {
 }
 
 /// `GET /api/customers`.
+#[utoipa::path(
+    get,
+    path = "/api/customers",
+    tag = "operations",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of customers, newest first", body = Paged<CustomerRow>),
+        Unauthorized,
+        Forbidden,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_customers(
     caller: Caller,
     State(state): State<AppState>,
@@ -427,6 +590,22 @@ pub async fn list_customers(
 }
 
 /// `GET /api/customers/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/customers/{id}",
+    tag = "operations",
+    params(("id" = Uuid, Path, description = "The customer")),
+    responses(
+        (status = 200, description = "The customer", body = CustomerRow),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_customer(
     caller: Caller,
     State(state): State<AppState>,
@@ -445,7 +624,7 @@ pub async fn get_customer(
 }
 
 /// A domain and what was provisioned for it.
-#[derive(Debug, Serialize, sqlx::FromRow)]
+#[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DomainRow {
     domain: String,
@@ -467,6 +646,21 @@ const DOMAIN_SELECT: &str =
     LEFT JOIN mail_accounts m ON m.domain = d.domain";
 
 /// `GET /api/domains`.
+#[utoipa::path(
+    get,
+    path = "/api/domains",
+    tag = "operations",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of domains, by name", body = Paged<DomainRow>),
+        Unauthorized,
+        Forbidden,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn list_domains(
     caller: Caller,
     State(state): State<AppState>,
@@ -491,7 +685,46 @@ pub async fn list_domains(
     Ok(Json(Paged::new(items, page, total)))
 }
 
+/// What `GET /api/domains/{domain}` answers (documentation only: the handler adds `records` to
+/// the serialized [`DomainRow`]).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct DomainDetail {
+    #[serde(flatten)]
+    domain: DomainRow,
+    records: Vec<DnsRecordView>,
+}
+
+/// One DNS record of a domain's zone (documentation only).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+struct DnsRecordView {
+    #[schema(example = "www.example.com.")]
+    name: String,
+    #[serde(rename = "type")]
+    #[schema(example = "A")]
+    record_type: String,
+    ttl: i32,
+    contents: Vec<String>,
+}
+
 /// `GET /api/domains/{domain}` (also with DNS records).
+#[utoipa::path(
+    get,
+    path = "/api/domains/{domain}",
+    tag = "operations",
+    params(("domain" = String, Path, description = "The domain name")),
+    responses(
+        (status = 200, description = "The domain, what was provisioned for it and its DNS records", body = DomainDetail),
+        Unauthorized,
+        Forbidden,
+        NotFound,
+        InvalidParameter,
+        RateLimited,
+        Unavailable
+    ),
+    security(("bearer" = []))
+)]
 pub async fn get_domain(
     caller: Caller,
     State(state): State<AppState>,
