@@ -76,6 +76,17 @@ fn access_token(settings: &AuthSettings, user: &User, sid: Uuid) -> Result<Strin
         .map_err(|e| AuthError::Internal(format!("signing an access token: {e}")))
 }
 
+/// Writes a login attempt to `login_audit` (never a password or token).
+async fn record_attempt(pool: &PgPool, email: &Email, user_id: Option<Uuid>) -> Result<(), AuthError> {
+    sqlx::query("INSERT INTO login_audit (email, user_id, succeeded) VALUES ($1, $2, $3)")
+        .bind(email.as_str())
+        .bind(user_id)
+        .bind(user_id.is_some())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 /// Checks e-mail and password and opens a session (a new refresh-token family).
 ///
 /// # Errors
@@ -90,8 +101,10 @@ pub async fn login(
     let Some(user) = users::check_password(pool, settings.dummy_hash(), email, password).await?
     else {
         tracing::info!("login refused");
+        record_attempt(pool, email, None).await?;
         return Err(AuthError::InvalidCredentials);
     };
+    record_attempt(pool, email, Some(user.id)).await?;
     let family = Uuid::new_v4();
     let token = refresh::generate();
     let mut conn = pool.acquire().await?;
