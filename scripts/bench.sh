@@ -1,0 +1,246 @@
+#!/usr/bin/env bash
+# Benchmarks, each figure paired with a baseline measured in the same run on the same Postgres:
+#
+#   scripts/bench.sh            full run (~20 min on 2 cores)
+#   scripts/bench.sh --quick    smaller counts (< 5 min)
+#
+# Brings up the stack (not the dev server), builds release binaries, and measures:
+#   raw_insert_tps_c1/c16       pgbench: one ~250-byte jsonb row per transaction (the raw limit)
+#   intake_ops_c1/c16, intake_p99_ms_c16, intake_ratio_c16 = intake_ops_c16 / raw_insert_tps_c16
+#   activate_p50/p99_ms_stub    webhook accept → SubscriptionActivated at a steady rate, instant provisioners
+#   activate_p50/p99_ms_real    the same against the real loopback PowerDNS / sshd / Dovecot (lower rate)
+#   rebuild_events_per_s        `mpanel projections rebuild all` over generated events (+ 100k vs 1M scaling)
+#   serve_peak_rss_mb           peak RSS of `mpanel serve` during the intake run
+#   intake_ops_c16_1api/_2api   intake with one vs two `mpanel api` processes
+# Writes target/bench/summary.json and prints a table. See docs/benchmarks.md.
+set -euo pipefail
+
+# shellcheck source=scripts/lib/stack.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib/stack.sh"
+
+quick=0
+for arg in "$@"; do
+  case $arg in
+    --quick) quick=1 ;;
+    -h | --help)
+      sed -n '2,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+      exit 0
+      ;;
+    *) die "unknown argument: $arg (usage: scripts/bench.sh [--quick])" ;;
+  esac
+done
+
+if ((quick)); then
+  PGBENCH_SECS=8 INTAKE_C1=300 INTAKE_C16=3000 RATE=200 RATE_SECS=8
+  REAL_RATE=4 REAL_SECS=8 REBUILD_SMALL=20000 REBUILD_LARGE=100000
+else
+  PGBENCH_SECS=20 INTAKE_C1=1000 INTAKE_C16=20000 RATE=200 RATE_SECS=30
+  REAL_RATE=5 REAL_SECS=20 REBUILD_SMALL=100000 REBUILD_LARGE=1000000
+fi
+
+cd "$REPO_ROOT"
+OUT="$REPO_ROOT/target/bench"
+mkdir -p "$OUT"
+stack_start
+set -a
+# shellcheck source=/dev/null
+source "$STACK_ENV_FILE"
+set +a
+
+log "building release binaries"
+cargo build --release -q -p mpanel -p mpanel-bench
+BIN="$REPO_ROOT/target/release"
+BENCH_PORT=2291
+BENCH_PORT2=2292
+DB=mpanel_bench
+export DATABASE_URL="postgres://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/$DB"
+export REDIS_KEY_PREFIX="mpanel-bench-$$"
+export RATE_LIMIT_MAX_REQUESTS=100000000 RATE_LIMIT_CREDENTIAL_MAX_REQUESTS=100000000
+export RUST_LOG=warn
+PSQL=("$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres)
+export PGPASSWORD=$PG_PASSWORD
+
+declare -A R=()
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup EXIT
+
+fresh_db() {
+  "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+  "$BIN/mpanel" migrate 2>/dev/null
+  local seeded
+  seeded=$(MPANEL_SEED_ADMIN_PASSWORD=bench-admin-password "$BIN/mpanel" seed demo 2>/dev/null)
+  PRICE=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["priceId"])' <<<"$seeded")
+  PRODUCT=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["productId"])' <<<"$seeded")
+  export DEMO_PRICE_ID=$PRICE
+}
+
+wait_ready() {
+  local port=$1 i
+  for ((i = 0; i < 150; i++)); do
+    curl -fsS -o /dev/null "http://127.0.0.1:$port/api/ready" 2>/dev/null && return 0
+    sleep 0.2
+  done
+  die "mpanel on $port did not become ready"
+}
+
+# start ROLE PORT [ENV...] — starts an mpanel process in the background; its pid is in $LAST_PID.
+LAST_PID=
+start() {
+  local role=$1 port=$2
+  shift 2
+  env "$@" PORT="$port" HOST=127.0.0.1 "$BIN/mpanel" "$role" </dev/null >>"$OUT/$role-$port.log" 2>&1 &
+  LAST_PID=$!
+  pids+=("$LAST_PID")
+}
+
+stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
+
+json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+
+# ---- 1. the raw limit ----------------------------------------------------------------------------
+fresh_db
+"${PSQL[@]}" -d "$DB" -c "CREATE TABLE bench_raw (id bigserial PRIMARY KEY, doc jsonb NOT NULL)"
+cat >"$OUT/raw.sql" <<'SQL'
+INSERT INTO bench_raw (doc) VALUES ('{"tenantSlug":"migrahosting","priceId":"16939e2b-09b1-5b6b-b5aa-e32069254221","customerEmail":"bench@example.com","stripePaymentIntentId":"pi_0123456789abcdefghijklmn","domain":"bench-example.com","note":"about two hundred and fifty bytes of json, like an order event"}');
+SQL
+for c in 1 16; do
+  tps=$(pgbench -n -h 127.0.0.1 -p "$PG_PORT" -U postgres -f "$OUT/raw.sql" -c "$c" -j "$((c < 2 ? 1 : 2))" -T "$PGBENCH_SECS" "$DB" 2>/dev/null |
+    sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p')
+  R[raw_insert_tps_c$c]=$tps
+  log "raw insert c$c: $tps tps"
+done
+
+# ---- 2. intake, memory ---------------------------------------------------------------------------
+fresh_db
+start serve "$BENCH_PORT" MPANEL_PROVISIONERS=instant MPANEL_ALLOW_FAKE_PROVISIONERS=1
+serve_pid=$LAST_PID
+wait_ready "$BENCH_PORT"
+for c in 1 16; do
+  count=$([[ $c == 1 ]] && echo "$INTAKE_C1" || echo "$INTAKE_C16")
+  res=$("$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --concurrency "$c" --count "$count" --label "intake_c$c")
+  echo "$res" >>"$OUT/loadgen.ndjson"
+  R[intake_ops_c$c]=$(json_field opsPerSecond <<<"$res")
+  [[ $c == 16 ]] && R[intake_p99_ms_c16]=$(json_field p99Ms <<<"$res")
+  log "intake c$c: $res"
+done
+R[serve_peak_rss_mb]=$(awk '/VmHWM/ {printf "%.1f", $2 / 1024}' "/proc/$serve_pid/status")
+R[intake_ratio_c16]=$(python3 -c "print(round(${R[intake_ops_c16]} / ${R[raw_insert_tps_c16]}, 3))")
+
+# ---- 3. order → ACTIVE latency, instant provisioners --------------------------------------------
+activation_percentiles() { # MARK (global position before the phase) → "p50 p99" in ms
+  "${PSQL[@]}" -d "$DB" -F' ' -c "
+    WITH placed AS (SELECT aggregate_id AS order_id, recorded_at FROM events
+                    WHERE event_type = 'OrderPlaced' AND global_position > $1),
+         active AS (SELECT payload->'SubscriptionActivated'->>'orderId' AS order_id, recorded_at FROM events
+                    WHERE event_type = 'SubscriptionActivated' AND global_position > $1),
+         lat AS (SELECT extract(epoch FROM a.recorded_at - p.recorded_at) * 1000 AS ms
+                 FROM placed p JOIN active a USING (order_id))
+    SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+           round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1), count(*) FROM lat"
+}
+wait_all_active() {
+  local i
+  for ((i = 0; i < 600; i++)); do
+    [[ $("${PSQL[@]}" -d "$DB" -c "SELECT count(*) FROM subscriptions WHERE status <> 'ACTIVE'") == 0 ]] && return 0
+    sleep 0.5
+  done
+  warn "not every subscription became ACTIVE"
+}
+wait_all_active
+mark=$("${PSQL[@]}" -d "$DB" -c "SELECT coalesce(max(global_position), 0) FROM events")
+"$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --rate "$RATE" --seconds "$RATE_SECS" --label activate_stub >>"$OUT/loadgen.ndjson"
+wait_all_active
+read -r p50 p99 n < <(activation_percentiles "$mark")
+R[activate_p50_ms_stub]=$p50 R[activate_p99_ms_stub]=$p99
+log "activation (instant provisioners, $RATE/s, $n orders): p50 $p50 ms, p99 $p99 ms"
+stop "$serve_pid"
+
+# ---- 4. order → ACTIVE latency, real servers -----------------------------------------------------
+start serve "$BENCH_PORT"
+serve_pid=$LAST_PID
+wait_ready "$BENCH_PORT"
+mark=$("${PSQL[@]}" -d "$DB" -c "SELECT coalesce(max(global_position), 0) FROM events")
+"$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --rate "$REAL_RATE" --seconds "$REAL_SECS" --label activate_real >>"$OUT/loadgen.ndjson"
+wait_all_active
+read -r p50 p99 n < <(activation_percentiles "$mark")
+R[activate_p50_ms_real]=$p50 R[activate_p99_ms_real]=$p99
+log "activation (real PowerDNS/sshd/Dovecot, $REAL_RATE/s, $n orders): p50 $p50 ms, p99 $p99 ms"
+# Remove the benchmark's zones again (hosting dirs and mailboxes stay in the stack's data dir).
+for zone in $("${PSQL[@]}" -d "$DB" -c "SELECT zone FROM dns_zones"); do
+  curl -fsS -o /dev/null -X DELETE -H "X-API-Key: $POWERDNS_API_KEY" "$POWERDNS_API_URL/api/v1/servers/localhost/zones/$zone" || true
+done
+stop "$serve_pid"
+
+# ---- 5. scaling: one vs two API processes ---------------------------------------------------------
+fresh_db
+fake=(MPANEL_PROVISIONERS=instant MPANEL_ALLOW_FAKE_PROVISIONERS=1)
+start runners 0 "${fake[@]}"
+runners_pid=$LAST_PID
+start worker 0 "${fake[@]}"
+worker_pid=$LAST_PID
+start api "$BENCH_PORT" "${fake[@]}"
+api1=$LAST_PID
+wait_ready "$BENCH_PORT"
+res=$("$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --concurrency 16 --count "$INTAKE_C16" --label intake_1api)
+R[intake_ops_c16_1api]=$(json_field opsPerSecond <<<"$res")
+start api "$BENCH_PORT2" "${fake[@]}"
+api2=$LAST_PID
+wait_ready "$BENCH_PORT2"
+res=$("$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --url "http://127.0.0.1:$BENCH_PORT2" --concurrency 16 --count "$INTAKE_C16" --label intake_2api)
+R[intake_ops_c16_2api]=$(json_field opsPerSecond <<<"$res")
+for p in "$api1" "$api2" "$worker_pid" "$runners_pid"; do stop "$p"; done
+
+# ---- 6. rebuild ----------------------------------------------------------------------------------
+rebuild() { # EVENTS → events/s of `projections rebuild all`
+  fresh_db
+  "$BIN/mpanel-eventgen" --events "$1" --price "$PRICE" --product "$PRODUCT" >/dev/null
+  local total t0 t1
+  total=$("${PSQL[@]}" -d "$DB" -c "SELECT count(*) FROM events")
+  t0=$(date +%s.%N)
+  "$BIN/mpanel" projections rebuild all >/dev/null 2>>"$OUT/rebuild.log"
+  t1=$(date +%s.%N)
+  python3 -c "print(round($total / ($t1 - $t0)), round($t1 - $t0, 2))"
+}
+read -r small_rate small_secs < <(rebuild "$REBUILD_SMALL")
+read -r large_rate large_secs < <(rebuild "$REBUILD_LARGE")
+R[rebuild_events_per_s]=$large_rate
+R[rebuild_events_per_s_small]=$small_rate
+R[rebuild_seconds_small]=$small_secs R[rebuild_seconds_large]=$large_secs
+R[rebuild_events_small]=$REBUILD_SMALL R[rebuild_events_large]=$REBUILD_LARGE
+R[rebuild_time_ratio]=$(python3 -c "print(round($large_secs / $small_secs, 2))")
+
+# ---- summary -------------------------------------------------------------------------------------
+{
+  printf '{'
+  first=1
+  for k in $(printf '%s\n' "${!R[@]}" | sort); do
+    ((first)) || printf ','
+    first=0
+    printf '"%s": %s' "$k" "${R[$k]:-null}"
+  done
+  printf ', "quick": %s, "cores": %s}\n' "$([[ $quick == 1 ]] && echo true || echo false)" "$(nproc)"
+} >"$OUT/summary.json"
+python3 - "$OUT/summary.json" <<'PY'
+import json, sys
+s = json.load(open(sys.argv[1]))
+rows = [
+  ("raw insert tps, c1 / c16", f"{s['raw_insert_tps_c1']:.0f} / {s['raw_insert_tps_c16']:.0f}", "baseline"),
+  ("intake orders/s, c1 / c16", f"{s['intake_ops_c1']:.0f} / {s['intake_ops_c16']:.0f}", ""),
+  ("intake ratio c16", f"{s['intake_ratio_c16']:.2f}", "goal >= 0.5"),
+  ("intake p99 ms, c16", f"{s['intake_p99_ms_c16']:.1f}", ""),
+  ("activation p50 / p99 ms, instant", f"{s['activate_p50_ms_stub']} / {s['activate_p99_ms_stub']}", "goal p99 < 100"),
+  ("activation p50 / p99 ms, real", f"{s['activate_p50_ms_real']} / {s['activate_p99_ms_real']}", "goal p99 < 1000"),
+  ("rebuild events/s", f"{s['rebuild_events_per_s']}", "goal >= 100000"),
+  ("rebuild time ratio large/small", f"{s['rebuild_time_ratio']} (events x{s['rebuild_events_large'] / s['rebuild_events_small']:.0f})", "linear ~ equal"),
+  ("serve peak RSS MB", f"{s['serve_peak_rss_mb']}", "goal < 150"),
+  ("intake c16, 1 API / 2 APIs", f"{s['intake_ops_c16_1api']:.0f} / {s['intake_ops_c16_2api']:.0f}", ""),
+]
+w = max(len(r[0]) for r in rows)
+for name, value, note in rows:
+    print(f"{name:<{w}}  {value:<24} {note}")
+PY
+log "summary: $OUT/summary.json"
