@@ -81,7 +81,19 @@ where
         Ok(context.aggregate().clone())
     }
 
-    /// Executes `command` against aggregate `id`, retrying lost write races.
+    /// The aggregate's committed events with their metadata, oldest first.
+    ///
+    /// # Errors
+    /// [`BusError::Store`] when the store fails.
+    pub async fn history(&self, id: Uuid) -> Result<Vec<EventEnvelope<A>>, BusError<A::Error>> {
+        self.store
+            .load_events(&id.to_string())
+            .await
+            .map_err(store_error)
+    }
+
+    /// Executes `command` against aggregate `id`, retrying lost write races. Without a trace
+    /// context in `metadata`, the events record the current span's (an operator's request, say).
     ///
     /// # Errors
     /// [`BusError::Rejected`] with the domain's reason, [`BusError::Contended`] when retries run
@@ -93,6 +105,12 @@ where
         metadata: &EventMetadata,
     ) -> Result<Executed<A>, BusError<A::Error>> {
         let aggregate_id = id.to_string();
+        let mut metadata = metadata.to_map();
+        if !metadata.contains_key("traceparent") {
+            if let Some(traceparent) = crate::telemetry::current_traceparent() {
+                metadata.insert("traceparent".to_owned(), traceparent);
+            }
+        }
         let mut attempt = 0;
         loop {
             let mut context = self
@@ -114,8 +132,15 @@ where
                     state,
                 });
             }
-            match self.store.commit(events, context, metadata.to_map()).await {
-                Ok(events) => return Ok(Executed { events, state }),
+            match self.store.commit(events, context, metadata.clone()).await {
+                Ok(events) => {
+                    for event in &events {
+                        crate::metrics::event_appended(cqrs_es::DomainEvent::event_type(
+                            &event.payload,
+                        ));
+                    }
+                    return Ok(Executed { events, state });
+                }
                 Err(AggregateError::AggregateConflict) if attempt < self.max_retries => {
                     attempt += 1;
                     tracing::debug!(aggregate_type = A::TYPE, aggregate_id = %aggregate_id, attempt, "write conflict; retrying");

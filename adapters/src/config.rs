@@ -52,6 +52,65 @@ pub struct Config {
     /// Browser origins allowed to call the API cross-origin (`CORS_ALLOWED_ORIGINS`, a comma
     /// list of `scheme://host[:port]`, or `*` alone; empty or unset: no CORS headers at all).
     pub cors_allowed_origins: Vec<String>,
+    /// Readiness, metrics and shutdown of a process.
+    pub process: ProcessSettings,
+}
+
+/// Readiness, metrics and shutdown settings of any role (`serve`, `api`, `worker`, `runners`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessSettings {
+    /// `/api/ready` answers 503 when a feed subscriber is more events behind than this
+    /// (`READY_MAX_FEED_LAG_EVENTS`, default 10000).
+    pub ready_max_feed_lag_events: i64,
+    /// Longest a graceful shutdown may take before the process exits anyway
+    /// (`SHUTDOWN_TIMEOUT_SECS`, default 30).
+    pub shutdown_timeout: std::time::Duration,
+    /// Port of a metrics-only listener (`GET /metrics`, `/api/live`) on `HOST`, for roles
+    /// without the API (`METRICS_PORT`; unset: none). Roles with the API serve `/metrics` on
+    /// `PORT` and ignore it.
+    pub metrics_port: Option<u16>,
+    /// How often the shared gauges (feed lag, jobs, queue depth) are refreshed
+    /// (`METRICS_REFRESH_MS`, default 5000).
+    pub metrics_refresh: std::time::Duration,
+}
+
+impl ProcessSettings {
+    fn load(env: &impl Lookup) -> Result<Self, ConfigError> {
+        let positive = |var: &'static str, default: u64| -> Result<u64, ConfigError> {
+            let n = parsed(env, var, default)?;
+            if n == 0 {
+                return Err(ConfigError {
+                    var,
+                    reason: "must be at least 1".into(),
+                });
+            }
+            Ok(n)
+        };
+        Ok(Self {
+            ready_max_feed_lag_events: i64::try_from(positive(
+                "READY_MAX_FEED_LAG_EVENTS",
+                10_000,
+            )?)
+            .unwrap_or(i64::MAX),
+            shutdown_timeout: std::time::Duration::from_secs(positive(
+                "SHUTDOWN_TIMEOUT_SECS",
+                30,
+            )?),
+            metrics_port: env
+                .get("METRICS_PORT")
+                .map(|v| {
+                    v.parse::<u16>().map_err(|e| ConfigError {
+                        var: "METRICS_PORT",
+                        reason: format!("cannot parse {v:?}: {e}"),
+                    })
+                })
+                .transpose()?,
+            metrics_refresh: std::time::Duration::from_millis(positive(
+                "METRICS_REFRESH_MS",
+                5000,
+            )?),
+        })
+    }
 }
 
 /// Request rate limits (DESIGN §5): a burst of `max` requests, refilled at `max` per window.
@@ -390,6 +449,7 @@ impl Config {
             job_max_attempts,
             rate_limit,
             cors_allowed_origins,
+            process: ProcessSettings::load(env)?,
         })
     }
 }
@@ -598,6 +658,38 @@ mod tests {
             env.insert(var, value);
             let err = Config::load(&env).expect_err(value);
             assert_eq!(err.var, var, "{value:?}");
+        }
+    }
+
+    #[test]
+    fn process_settings_have_defaults_and_name_bad_values() {
+        let c = Config::load(&base()).expect("valid");
+        assert_eq!(c.process.ready_max_feed_lag_events, 10_000);
+        assert_eq!(
+            c.process.shutdown_timeout,
+            std::time::Duration::from_secs(30)
+        );
+        assert_eq!(c.process.metrics_port, None);
+        let mut env = base();
+        env.insert("METRICS_PORT", "9464");
+        env.insert("SHUTDOWN_TIMEOUT_SECS", "5");
+        env.insert("READY_MAX_FEED_LAG_EVENTS", "7");
+        let c = Config::load(&env).expect("valid");
+        assert_eq!(c.process.metrics_port, Some(9464));
+        assert_eq!(
+            c.process.shutdown_timeout,
+            std::time::Duration::from_secs(5)
+        );
+        assert_eq!(c.process.ready_max_feed_lag_events, 7);
+        for (var, value) in [
+            ("METRICS_PORT", "70000"),
+            ("SHUTDOWN_TIMEOUT_SECS", "0"),
+            ("READY_MAX_FEED_LAG_EVENTS", "many"),
+            ("METRICS_REFRESH_MS", "0"),
+        ] {
+            let mut env = base();
+            env.insert(var, value);
+            assert_eq!(Config::load(&env).expect_err(value).var, var);
         }
     }
 

@@ -99,6 +99,11 @@ struct PriceRow {
 ///
 /// # Errors
 /// [`IntakeError`]; nothing is written on any error.
+#[tracing::instrument(
+    name = "intake.place_order",
+    skip_all,
+    fields(tenant = %request.tenant, order_id = tracing::field::Empty)
+)]
 pub async fn place_order(
     pool: &PgPool,
     bus: &CommandBus,
@@ -115,6 +120,7 @@ pub async fn place_order(
         return Err(IntakeError::UnknownTenant);
     }
     let order_id = ids::order_id(tenant_id, &request.payment);
+    tracing::Span::current().record("order_id", tracing::field::display(order_id));
     let subscription_id = ids::subscription_id(order_id);
 
     let row: Option<PriceRow> = sqlx::query_as(

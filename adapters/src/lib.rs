@@ -10,12 +10,14 @@ pub mod config;
 pub mod http;
 pub mod intake;
 pub mod metadata;
+pub mod metrics;
 pub mod passwords;
 pub mod provisioners;
 pub mod queue;
 pub mod runtime;
 pub mod saga;
 pub mod seed;
+pub mod telemetry;
 pub mod worker;
 
 /// The SQL migrations, embedded in the binary so `mpanel migrate` needs no files on disk.

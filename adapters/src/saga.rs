@@ -14,6 +14,7 @@ use mpanel_domain::order::OrderEvent;
 use mpanel_domain::saga::{react, SagaCommand, SagaEvent, SagaPolicy};
 use mpanel_domain::subscription::SubscriptionEvent;
 use mpanel_projections::{FeedEvent, Reactor, SubscriberError};
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::bus::{BusError, CommandBus};
@@ -25,6 +26,8 @@ pub struct SagaRunner {
     bus: Arc<CommandBus>,
     policy: SagaPolicy,
     doorbell: Option<JobQueue>,
+    /// Where to look up an order's `OrderPlaced` time for the activation metric.
+    log: Option<sqlx::PgPool>,
 }
 
 impl SagaRunner {
@@ -35,6 +38,44 @@ impl SagaRunner {
             bus,
             policy,
             doorbell,
+            log: None,
+        }
+    }
+
+    /// Reads the event log to observe `mpanel_order_activation_seconds` on each
+    /// `SubscriptionActivated` (without it the metric is not recorded).
+    #[must_use]
+    pub fn with_event_log(mut self, pool: sqlx::PgPool) -> Self {
+        self.log = Some(pool);
+        self
+    }
+
+    /// Observes the time from the order's `OrderPlaced` to this `SubscriptionActivated` (both
+    /// `recorded_at`). Best effort; a redelivered activation (after a crash or a failover)
+    /// observes again, which a histogram of thousands of orders absorbs.
+    async fn observe_activation(&self, event: &FeedEvent) {
+        let Some(pool) = &self.log else { return };
+        let Ok(SubscriptionEvent::SubscriptionActivated { order_id, .. }) =
+            event.decode::<SubscriptionEvent>()
+        else {
+            return;
+        };
+        let placed: Result<Option<chrono::DateTime<chrono::Utc>>, _> = sqlx::query_scalar(
+            "SELECT recorded_at FROM events WHERE aggregate_type = 'Order' AND aggregate_id = $1 \
+             AND event_type = 'OrderPlaced' LIMIT 1",
+        )
+        .bind(order_id.to_string())
+        .fetch_optional(pool)
+        .await;
+        match placed {
+            Ok(Some(placed)) => {
+                let took = (event.recorded_at - placed).to_std().unwrap_or_default();
+                crate::metrics::order_activated(took);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot read OrderPlaced for the activation metric")
+            }
         }
     }
 
@@ -109,7 +150,24 @@ impl Reactor for SagaRunner {
         "saga"
     }
 
+    /// Reacts inside a `saga.react` span that continues the trace stored in the event's
+    /// metadata, so the commands it issues (and, through their events, the worker) stay in the
+    /// trace of the request that started the order.
     async fn react(&self, event: &FeedEvent) -> Result<(), SubscriberError> {
+        let span = tracing::info_span!(
+            "saga.react",
+            event_type = %event.event_type,
+            aggregate_type = %event.aggregate_type,
+            aggregate_id = %event.aggregate_id,
+            position = event.position,
+        );
+        crate::telemetry::continue_trace(&span, event.meta("traceparent"));
+        self.react_to(event).instrument(span).await
+    }
+}
+
+impl SagaRunner {
+    async fn react_to(&self, event: &FeedEvent) -> Result<(), SubscriberError> {
         let Ok(id) = Uuid::parse_str(&event.aggregate_id) else {
             return Ok(());
         };
@@ -143,11 +201,14 @@ impl Reactor for SagaRunner {
         for command in commands {
             let mut metadata = EventMetadata::new("saga")
                 .caused_by(event.position)
-                .traced(event.meta("traceparent").map(str::to_owned));
+                .traced(crate::telemetry::current_traceparent());
             if let Some(c) = correlation {
                 metadata = metadata.correlated(c);
             }
             self.execute(command, &metadata).await?;
+        }
+        if event.event_type == "SubscriptionActivated" {
+            self.observe_activation(event).await;
         }
         Ok(())
     }

@@ -12,12 +12,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use mpanel_domain::job::{JobCommand, JobError};
+use mpanel_domain::job::{JobCommand, JobError, JobEvent};
 use mpanel_domain::step::ProvisioningStep;
 use rand::Rng;
 use sqlx::PgPool;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::bus::{BusError, CommandBus};
@@ -186,13 +187,50 @@ impl Worker {
     ///
     /// # Errors
     /// When the event store is unavailable (the delivery should be retried).
-    #[tracing::instrument(skip(self), fields(worker = %self.config.name))]
+    ///
+    /// The attempt runs in a `job.attempt` span continuing the trace of the job's schedule (or
+    /// of the operator's retry), so its events — and the saga's reactions to them — stay in the
+    /// trace of the order's webhook.
     pub async fn execute(&self, job_id: Uuid) -> Result<JobRun, WorkerError> {
+        let span = tracing::info_span!(
+            "job.attempt",
+            job_id = %job_id,
+            step = tracing::field::Empty,
+            attempt = tracing::field::Empty,
+            worker = %self.config.name,
+        );
+        let traceparent = self.trace_of(job_id).await?;
+        crate::telemetry::continue_trace(&span, traceparent.as_deref());
+        self.attempt(job_id).instrument(span).await
+    }
+
+    /// The trace of the job's current attempt series: the `traceparent` of its latest
+    /// `JobScheduled` or `JobRetryRequested`.
+    async fn trace_of(&self, job_id: Uuid) -> Result<Option<String>, WorkerError> {
+        let history = self
+            .bus
+            .jobs
+            .history(job_id)
+            .await
+            .map_err(|e| WorkerError(e.to_string()))?;
+        Ok(history
+            .iter()
+            .rev()
+            .find(|e| {
+                matches!(
+                    e.payload,
+                    JobEvent::JobScheduled(_) | JobEvent::JobRetryRequested { .. }
+                )
+            })
+            .and_then(|e| e.metadata.get("traceparent").cloned()))
+    }
+
+    async fn attempt(&self, job_id: Uuid) -> Result<JobRun, WorkerError> {
         let now = Utc::now();
         let lease_id = Uuid::new_v4();
         let lease =
             chrono::Duration::from_std(self.config.lease).unwrap_or(chrono::Duration::seconds(120));
-        let metadata = EventMetadata::new("worker");
+        let metadata = EventMetadata::new("worker").traced(crate::telemetry::current_traceparent());
         let start = JobCommand::Start {
             lease_id,
             worker: self.config.name.clone(),
@@ -210,6 +248,10 @@ impl Worker {
         };
         let metadata = metadata.correlated(spec.order_id);
         let attempt = job.attempt();
+        let span = tracing::Span::current();
+        span.record("step", spec.step.as_str());
+        span.record("attempt", attempt);
+        let mut attempt_started = std::time::Instant::now();
         let result = match (spec.domain.clone(), self.provisioners.get(spec.step)) {
             (Some(domain), Some(provisioner)) => {
                 let request = ProvisionRequest {
@@ -219,7 +261,11 @@ impl Worker {
                     domain,
                 };
                 let budget = self.config.lease.saturating_sub(self.config.lease / 10);
-                match tokio::time::timeout(budget, provisioner.provision(&request)).await {
+                attempt_started = std::time::Instant::now();
+                let call = provisioner
+                    .provision(&request)
+                    .instrument(provision_span(spec.step, &request));
+                match tokio::time::timeout(budget, call).await {
                     Ok(result) => result,
                     Err(_) => Err(ProvisionError::Transient(format!(
                         "timed out after {budget:?}"
@@ -263,12 +309,43 @@ impl Worker {
                 )
             }
         };
+        let took = attempt_started.elapsed();
+        let step = spec.step.as_str();
         match self.bus.jobs.execute(job_id, command, &metadata).await {
-            Ok(_) => Ok(run),
+            Ok(recorded) => {
+                let outcome = if run == JobRun::Succeeded {
+                    "succeeded"
+                } else {
+                    "failed"
+                };
+                crate::metrics::job_attempt(step, outcome, took);
+                if recorded
+                    .events
+                    .iter()
+                    .any(|e| matches!(e.payload, JobEvent::JobDeadLettered { .. }))
+                {
+                    crate::metrics::job_dead_lettered(step);
+                }
+                Ok(run)
+            }
             // Our lease was taken over while we worked: the newer attempt owns the outcome.
-            Err(BusError::Rejected(reason)) => Ok(JobRun::Skipped(reason.to_string())),
+            Err(BusError::Rejected(reason)) => {
+                crate::metrics::job_attempt(step, "superseded", took);
+                Ok(JobRun::Skipped(reason.to_string()))
+            }
             Err(e) => Err(WorkerError(e.to_string())),
         }
+    }
+}
+
+/// The span of one provisioner call, named for its step (`dns.provision`, `hosting.provision`,
+/// `mail.provision`); the provisioners' own spans (`ssh.run_script`) nest inside.
+fn provision_span(step: ProvisioningStep, request: &ProvisionRequest) -> tracing::Span {
+    let domain = request.domain.as_str();
+    match step {
+        ProvisioningStep::Dns => tracing::info_span!("dns.provision", domain),
+        ProvisioningStep::Hosting => tracing::info_span!("hosting.provision", domain),
+        ProvisioningStep::Mail => tracing::info_span!("mail.provision", domain),
     }
 }
 

@@ -486,10 +486,11 @@ async fn concurrent_runs_lose_no_line() {
     assert_eq!(removals.len(), 5);
 }
 
-/// Where `flock(1)` is missing the script falls back to a symlink lock; run it locally with a
-/// PATH that hides `flock`, on a private passwd-file, with a stale lock of a dead process.
+/// Where `flock(1)` is missing the script refuses (a configuration error, status 78) before it
+/// touches the passwd-file: a lock that cannot break stale holders safely is worse than none. Run it
+/// locally with a PATH that hides `flock`, on a private passwd-file.
 #[test]
-fn symlink_lock_fallback_serialises_runs_and_breaks_stale_locks() {
+fn without_flock_the_script_refuses_before_touching_the_passwd_file() {
     let base = std::env::temp_dir().join(format!("mpanel-mail-lock-{}", Uuid::new_v4().simple()));
     let bin = base.join("bin");
     fs::create_dir_all(&bin).expect("bin dir");
@@ -511,60 +512,41 @@ fn symlink_lock_fallback_serialises_runs_and_breaks_stale_locks() {
     fs::set_permissions(&passwd, fs::Permissions::from_mode(0o640)).expect("mode");
     let mail_root = base.join("mail");
     fs::create_dir(&mail_root).expect("mail root");
-    // A lock whose holder (pid 2^22 + 1, above Linux's pid_max) cannot be alive.
-    std::os::unix::fs::symlink("mpanel-pid-4194305", base.join("passwd.lck")).expect("stale");
 
-    let domains: Vec<String> = (0..5).map(|i| format!("d{i}.example.net")).collect();
-    let children: Vec<_> = domains
-        .iter()
-        .map(|domain| {
-            let mut child = Command::new("/bin/sh")
-                .env("PATH", &bin)
-                .arg("-c")
-                .arg(SCRIPT)
-                .arg("mpanel-script")
-                .arg("ensure")
-                .arg(&passwd)
-                .arg(&mail_root)
-                .arg(domain)
-                .arg("postmaster")
-                .args(["5000", "5000"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("sh runs");
-            child
-                .stdin
-                .take()
-                .expect("stdin")
-                .write_all(b"Fallback-lock-pass\n")
-                .expect("password");
-            child
-        })
-        .collect();
-    for child in children {
-        let out = child.wait_with_output().expect("finished");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    for domain in &domains {
-        assert_eq!(
-            passwd_lines_for(&passwd, &format!("postmaster@{domain}")).len(),
-            1,
-            "{domain}"
-        );
-    }
-    assert!(
-        fs::symlink_metadata(base.join("passwd.lck")).is_err(),
-        "the lock is released"
-    );
+    let mut child = Command::new("/bin/sh")
+        .env("PATH", &bin)
+        .arg("-c")
+        .arg(SCRIPT)
+        .arg("mpanel-script")
+        .arg("ensure")
+        .arg(&passwd)
+        .arg(&mail_root)
+        .arg("d0.example.net")
+        .arg("postmaster")
+        .args(["5000", "5000"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("sh runs");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"No-flock-pass\n")
+        .expect("password");
+    let out = child.wait_with_output().expect("finished");
     assert_eq!(
-        fs::metadata(&passwd).expect("meta").permissions().mode() & 0o777,
-        0o640
+        out.status.code(),
+        Some(78),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("flock"));
+    assert_eq!(
+        fs::read_to_string(&passwd).expect("passwd"),
+        "",
+        "nothing written"
     );
     fs::remove_dir_all(&base).expect("clean up");
 }

@@ -12,7 +12,9 @@ use mpanel_adapters::config::{self, Config, Env};
 use mpanel_adapters::metadata::EventMetadata;
 use mpanel_adapters::provisioners::dns::{PowerDnsConfig, PowerDnsProvisioner};
 use mpanel_adapters::provisioners::hosting::{HostingConfig, SshHostingProvisioner};
+use mpanel_adapters::provisioners::instant::{instant_set, ProvisionerKind};
 use mpanel_adapters::provisioners::mail::{MailConfig, SshMailProvisioner};
+use mpanel_adapters::runtime::{Components, Stopped};
 use mpanel_adapters::worker::ProvisionerSet;
 use mpanel_domain::job::JobCommand;
 use mpanel_domain::step::ProvisioningStep;
@@ -29,8 +31,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the API and run the feed runners and the saga (everything in one process).
+    /// Serve the API and run the feed runners, the saga and the worker (everything in one
+    /// process).
     Serve,
+    /// Serve the HTTP API only (with `/metrics`). Run as many as you like behind a balancer.
+    Api,
+    /// Run the provisioning worker and the due-job sweeper only (`/metrics` on METRICS_PORT
+    /// when set).
+    Worker,
+    /// Run the feed runners (projectors, audit sealer, saga) only; one leader per subscriber
+    /// across all processes (`/metrics` on METRICS_PORT when set).
+    Runners,
     /// Apply the database migrations.
     Migrate,
     /// Seed data.
@@ -110,6 +121,19 @@ enum EventsWhat {
 enum ProjectionsWhat {
     /// Each subscriber's position, the head, the lag in events and seconds, the last error.
     Status,
+    /// Rebuild a read model from position 0 beside the live one and swap it in atomically;
+    /// the API keeps serving the old one meanwhile (docs/OPERATIONS.md).
+    Rebuild {
+        /// A projector's name (catalog, customers, orders, subscriptions, jobs, provisioning)
+        /// or `all`. The audit sealer is not a read model and is refused.
+        name: String,
+        /// Keep the retired tables (schema `retired_<name>_<unix>`) instead of dropping them.
+        #[arg(long)]
+        keep_old: bool,
+        /// Events per build transaction.
+        #[arg(long, default_value_t = 5000)]
+        batch_size: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -137,33 +161,21 @@ enum SeedWhat {
     },
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn,tower_http=info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
-        builder.init();
-    } else {
-        builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .init();
-    }
+/// Logs, spans and (when `OTEL_EXPORTER_OTLP_ENDPOINT` is set) OTLP export; see
+/// `docs/LOGGING.md`. The guard flushes the exporter when dropped, at the end of `main`.
+fn init_tracing() -> Result<mpanel_adapters::telemetry::TelemetryGuard> {
+    mpanel_adapters::telemetry::init("mpanel").context("invalid telemetry configuration")
 }
 
 #[tokio::main]
 async fn main() -> Result<()> {
     let cli = Cli::parse();
-    init_tracing();
+    let _telemetry = init_tracing()?;
     match cli.command {
-        Command::Serve => {
-            let config = Config::load(&Env).context("invalid configuration")?;
-            let provisioners = provisioners().context("invalid provisioner configuration")?;
-            mpanel_adapters::runtime::serve(config, provisioners, shutdown_signal()).await?;
-        }
+        Command::Serve => run_role(Components::ALL).await?,
+        Command::Api => run_role(Components::API).await?,
+        Command::Worker => run_role(Components::WORKER).await?,
+        Command::Runners => run_role(Components::RUNNERS).await?,
         Command::Migrate => {
             let pool = pool().await?;
             mpanel_adapters::MIGRATOR
@@ -238,6 +250,30 @@ async fn main() -> Result<()> {
                 .await
                 .context("reading checkpoints")?;
             println!("{}", serde_json::to_string_pretty(&status)?);
+        }
+        Command::Projections {
+            what:
+                ProjectionsWhat::Rebuild {
+                    name,
+                    keep_old,
+                    batch_size,
+                },
+        } => {
+            use mpanel_projections::rebuild;
+            anyhow::ensure!(batch_size > 0, "--batch-size must be positive");
+            let projectors = rebuild::select(&name)?;
+            let pool = pool().await?;
+            let options = rebuild::RebuildOptions {
+                batch_size,
+                keep_old,
+                ..rebuild::RebuildOptions::default()
+            };
+            for projector in projectors {
+                let report = rebuild::rebuild(&pool, projector.as_ref(), &options)
+                    .await
+                    .with_context(|| format!("rebuilding {}", projector.name()))?;
+                println!("{}", serde_json::to_string(&report)?);
+            }
         }
         Command::Jobs {
             what: JobsWhat::Retry { id },
@@ -372,6 +408,37 @@ fn read_password() -> Result<SecretString> {
     let password = line.trim_end_matches(['\r', '\n']).to_owned();
     anyhow::ensure!(!password.is_empty(), "no password on standard input");
     Ok(SecretString::from(password))
+}
+
+/// Runs one role until SIGTERM/SIGINT. Every role validates the provisioner choice (the
+/// bench-only `instant` set is refused without its allow flag, even where unused); roles with
+/// the worker build the provisioners. After a timed-out graceful shutdown the process exits
+/// within seconds even if blocking work still runs.
+async fn run_role(components: Components) -> Result<()> {
+    let config = Config::load(&Env).context("invalid configuration")?;
+    let kind = ProvisionerKind::from_env(&Env).context("invalid provisioner configuration")?;
+    let provisioners = match (components.worker, kind) {
+        (false, _) => ProvisionerSet::default(),
+        (true, ProvisionerKind::Real) => {
+            provisioners().context("invalid provisioner configuration")?
+        }
+        (true, ProvisionerKind::Instant { delay }) => {
+            tracing::warn!("using the bench-only instant provisioners: no real work is done");
+            instant_set(&config.database_url, delay).context("instant provisioners")?
+        }
+    };
+    let stopped =
+        mpanel_adapters::runtime::run(config, components, provisioners, shutdown_signal()).await?;
+    if stopped == Stopped::TimedOut {
+        // Let `main` return so the telemetry guard flushes (bounded by 5 s), but do not let
+        // blocking work still running (an SSH session) hold the exit: a watchdog ends the
+        // process shortly after.
+        std::thread::spawn(|| {
+            std::thread::sleep(std::time::Duration::from_secs(6));
+            std::process::exit(0);
+        });
+    }
+    Ok(())
 }
 
 /// The real provisioners, each configured from its environment variables.

@@ -213,6 +213,10 @@ pub enum OrderError {
 pub struct Order {
     placed: Option<PlaceOrder>,
     status: Option<OrderStatus>,
+    #[serde(default)]
+    fulfilled_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    cancelled: Option<(String, DateTime<Utc>)>,
 }
 
 impl Order {
@@ -226,6 +230,18 @@ impl Order {
     #[must_use]
     pub fn placed(&self) -> Option<&PlaceOrder> {
         self.placed.as_ref()
+    }
+
+    /// When the order was fulfilled, if it was (for views of the order as of a position).
+    #[must_use]
+    pub fn fulfilled_at(&self) -> Option<DateTime<Utc>> {
+        self.fulfilled_at
+    }
+
+    /// Why and when the order was cancelled, if it was.
+    #[must_use]
+    pub fn cancelled(&self) -> Option<(&str, DateTime<Utc>)> {
+        self.cancelled.as_ref().map(|(r, at)| (r.as_str(), *at))
     }
 
     fn decide(&self, command: OrderCommand) -> Result<Vec<OrderEvent>, OrderError> {
@@ -292,8 +308,17 @@ impl Aggregate for Order {
                 self.placed = Some(placed);
                 self.status = Some(OrderStatus::Paid);
             }
-            OrderEvent::OrderFulfilled { .. } => self.status = Some(OrderStatus::Fulfilled),
-            OrderEvent::OrderCancelled { .. } => self.status = Some(OrderStatus::Cancelled),
+            OrderEvent::OrderFulfilled { fulfilled_at, .. } => {
+                self.status = Some(OrderStatus::Fulfilled);
+                self.fulfilled_at = Some(fulfilled_at);
+            }
+            OrderEvent::OrderCancelled {
+                reason,
+                cancelled_at,
+            } => {
+                self.status = Some(OrderStatus::Cancelled);
+                self.cancelled = Some((reason, cancelled_at));
+            }
         }
     }
 }

@@ -171,6 +171,33 @@ pub struct Subscription {
     required: BTreeSet<ProvisioningStep>,
     succeeded: BTreeSet<ProvisioningStep>,
     failures_seen: BTreeSet<(Uuid, u32)>,
+    /// What views of the subscription show; no decision depends on it.
+    #[serde(default)]
+    details: SubscriptionDetails,
+}
+
+/// The facts of a subscription that only views need (who, what, when, the last failure), kept
+/// beside the decision state so a subscription can be shown as of any point of its history.
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubscriptionDetails {
+    /// The tenant.
+    pub tenant_id: Option<Uuid>,
+    /// The customer.
+    pub customer_id: Option<Uuid>,
+    /// The domain.
+    pub domain: Option<DomainName>,
+    /// Required steps that succeeded, in the order they did.
+    pub succeeded_in_order: Vec<ProvisioningStep>,
+    /// The step whose job gave up, until the subscription is activated.
+    pub failed_step: Option<ProvisioningStep>,
+    /// That job's last error (kept after activation, as the read model does).
+    pub last_error: Option<String>,
+    /// When it was opened.
+    pub opened_at: Option<DateTime<Utc>>,
+    /// When it became active.
+    pub activated_at: Option<DateTime<Utc>>,
+    /// The time of its latest event.
+    pub updated_at: Option<DateTime<Utc>>,
 }
 
 impl Subscription {
@@ -178,6 +205,24 @@ impl Subscription {
     #[must_use]
     pub fn status(&self) -> Option<SubscriptionStatus> {
         self.status
+    }
+
+    /// The order that bought it, `None` before opening.
+    #[must_use]
+    pub fn order_id(&self) -> Option<Uuid> {
+        self.order_id
+    }
+
+    /// The steps required before activation, sorted.
+    #[must_use]
+    pub fn required_steps(&self) -> Vec<ProvisioningStep> {
+        self.required.iter().copied().collect()
+    }
+
+    /// Who, what, when and the last failure, for views.
+    #[must_use]
+    pub fn details(&self) -> &SubscriptionDetails {
+        &self.details
     }
 
     fn require_step(&self, step: ProvisioningStep) -> Result<(), SubscriptionError> {
@@ -298,22 +343,50 @@ impl Aggregate for Subscription {
         match event {
             SubscriptionEvent::SubscriptionOpened {
                 order_id,
+                tenant_id,
+                customer_id,
+                domain,
                 required_steps,
-                ..
+                opened_at,
             } => {
                 self.order_id = Some(order_id);
                 self.required = required_steps.into_iter().collect();
                 self.status = Some(SubscriptionStatus::Inactive);
+                let d = &mut self.details;
+                d.tenant_id = Some(tenant_id);
+                d.customer_id = Some(customer_id);
+                d.domain = domain;
+                d.opened_at = Some(opened_at);
+                d.updated_at = Some(opened_at);
             }
-            SubscriptionEvent::ProvisioningStepSucceeded { step, .. } => {
-                self.succeeded.insert(step);
+            SubscriptionEvent::ProvisioningStepSucceeded {
+                step, succeeded_at, ..
+            } => {
+                if self.succeeded.insert(step) {
+                    self.details.succeeded_in_order.push(step);
+                }
+                self.details.updated_at = Some(succeeded_at);
             }
-            SubscriptionEvent::ProvisioningFailed { job_id, series, .. } => {
+            SubscriptionEvent::ProvisioningFailed {
+                step,
+                job_id,
+                series,
+                error,
+                failed_at,
+            } => {
                 self.failures_seen.insert((job_id, series));
                 self.status = Some(SubscriptionStatus::ProvisioningFailed);
+                let d = &mut self.details;
+                d.failed_step = Some(step);
+                d.last_error = Some(error);
+                d.updated_at = Some(failed_at);
             }
-            SubscriptionEvent::SubscriptionActivated { .. } => {
+            SubscriptionEvent::SubscriptionActivated { activated_at, .. } => {
                 self.status = Some(SubscriptionStatus::Active);
+                let d = &mut self.details;
+                d.failed_step = None;
+                d.activated_at = Some(activated_at);
+                d.updated_at = Some(activated_at);
             }
         }
     }
@@ -377,6 +450,38 @@ mod tests {
             order_id: ORDER,
             activated_at: at(1),
         }
+    }
+
+    #[test]
+    fn the_fold_keeps_what_views_show_as_of_each_event() {
+        let mut s = Subscription::default();
+        s.apply(opened(&[Dns, Hosting]));
+        assert_eq!(s.status(), Some(SubscriptionStatus::Inactive));
+        assert_eq!(s.details().opened_at, Some(at(0)));
+        assert_eq!(s.details().tenant_id, Some(Uuid::from_u128(1)));
+        s.apply(step_succeeded(Hosting));
+        s.apply(SubscriptionEvent::ProvisioningFailed {
+            step: Dns,
+            job_id: job(Dns),
+            series: 0,
+            error: "zone refused".into(),
+            failed_at: at(2),
+        });
+        assert_eq!(s.details().failed_step, Some(Dns));
+        assert_eq!(s.details().last_error.as_deref(), Some("zone refused"));
+        s.apply(step_succeeded(Dns));
+        s.apply(SubscriptionEvent::SubscriptionActivated {
+            order_id: ORDER,
+            activated_at: at(3),
+        });
+        let d = s.details();
+        assert_eq!(s.status(), Some(SubscriptionStatus::Active));
+        assert_eq!(d.succeeded_in_order, vec![Hosting, Dns]);
+        assert_eq!(d.failed_step, None, "activation clears the failed step");
+        assert_eq!(d.last_error.as_deref(), Some("zone refused"));
+        assert_eq!((d.activated_at, d.updated_at), (Some(at(3)), Some(at(3))));
+        assert_eq!(s.required_steps(), vec![Dns, Hosting]);
+        assert_eq!(s.order_id(), Some(ORDER));
     }
 
     fn fail(step: ProvisioningStep, series: u32) -> SubscriptionCommand {

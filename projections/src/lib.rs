@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod feed;
 pub mod projectors;
+pub mod rebuild;
 pub mod runner;
 pub mod status;
 

@@ -14,6 +14,11 @@
 //! subscriber stand by and retry the lock, so when the leader dies (its connection closes and
 //! Postgres releases the lock) a standby takes over within `standby_interval`.
 //!
+//! A rebuild ([`crate::rebuild`]) takes over leadership for its swap: it holds the
+//! subscriber's handover lock (`hashtext('mpanel-handover:' || name)`), which the leader checks
+//! before every batch; the leader then closes its lock connection and stands by, and the
+//! rebuild takes the leadership lock until the swap is committed.
+//!
 //! Wake-ups: `LISTEN mpanel_events` (a trigger notifies on every append) plus polling every
 //! `poll_interval`, so a lost notification costs latency, never events.
 
@@ -33,6 +38,11 @@ use crate::SubscriberError;
 pub trait Projector: Send + Sync {
     /// The subscriber's stable name (its checkpoint row and lock key).
     fn name(&self) -> &'static str;
+
+    /// The tables this projector writes (and the only ones it reads besides `events`), by
+    /// unqualified name. A rebuild ([`crate::rebuild`]) builds copies of exactly these beside
+    /// the live ones and swaps them in, so a projector must not touch any other table.
+    fn tables(&self) -> &'static [&'static str];
 
     /// Applies one event to the read model, using only `tx`.
     ///
@@ -153,10 +163,19 @@ async fn lead(
             let _ = lock_conn.close().await;
             return Ok(Led::Stopped);
         }
+        // Still leading? A dead lock connection means the lock is gone too (the query fails).
+        // And a rebuild about to swap this subscriber's tables holds its handover lock: step
+        // down between batches, so the rebuild can take the leadership lock (crate::rebuild).
+        if handover_requested(&mut lock_conn, name).await? {
+            tracing::info!(
+                subscriber = name,
+                "feed runner steps down for a rebuild's swap"
+            );
+            let _ = lock_conn.close().await;
+            return Ok(Led::NotLeader);
+        }
         let events = read_after(pool, checkpoint, config.batch_size).await?;
         if events.is_empty() {
-            // Still leading? A dead lock connection means the lock is gone too.
-            sqlx::query("SELECT 1").execute(&mut lock_conn).await?;
             tokio::select! {
                 _ = listener.recv() => {}
                 () = tokio::time::sleep(config.poll_interval) => {}
@@ -181,6 +200,20 @@ async fn lead(
             }
         }
     }
+}
+
+/// The advisory-lock key a rebuild holds (exclusively) while it waits to swap `name`'s tables.
+pub(crate) const HANDOVER_LOCK: &str = "hashtext('mpanel-handover:' || $1)";
+
+/// Whether a rebuild waits for this subscriber's leader to step down: its handover lock is
+/// held. Tried as a transaction-level shared lock, so nothing stays locked after the check.
+async fn handover_requested(lock_conn: &mut PgConnection, name: &str) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(&format!(
+        "SELECT NOT pg_try_advisory_xact_lock_shared({HANDOVER_LOCK})"
+    ))
+    .bind(name)
+    .fetch_one(lock_conn)
+    .await
 }
 
 /// A subscriber's failure on one event, and how far it got before it.

@@ -36,6 +36,10 @@ impl Projector for Recorder {
         self.name
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["seen"]
+    }
+
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
         sqlx::query("INSERT INTO seen (subscriber, position) VALUES ($1, $2)")
             .bind(self.name)

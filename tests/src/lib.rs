@@ -6,6 +6,7 @@
 //! was (or was not) written. The stack's services come from `scripts/test.sh`, which exports
 //! `DATABASE_URL` and the rest.
 
+pub mod cluster;
 pub mod proxy;
 
 use std::path::PathBuf;

@@ -25,6 +25,7 @@ const ROUTES: &[(&str, &str, Security)] = &[
     ("GET", "/api/live", Public),
     ("GET", "/api/ready", Public),
     ("GET", "/api/health", Public),
+    ("GET", "/metrics", Public),
     ("GET", "/api/openapi.json", Public),
     ("GET", "/api/public/products", Public),
     ("POST", "/api/orders", InternalKey),
@@ -52,10 +53,12 @@ const ROUTES: &[(&str, &str, Security)] = &[
     ("GET", "/api/customers/{id}", Bearer),
     ("GET", "/api/domains", Bearer),
     ("GET", "/api/domains/{domain}", Bearer),
+    ("GET", "/api/audit/verify", Bearer),
+    ("GET", "/api/audit/events", Bearer),
 ];
 
 /// Probes are never rate limited, so they document no 429.
-const UNLIMITED: &[&str] = &["/api/live", "/api/ready", "/api/health"];
+const UNLIMITED: &[&str] = &["/api/live", "/api/ready", "/api/health", "/metrics"];
 
 fn security_of(op: &Value) -> Security {
     let names: Vec<&str> = op["security"]

@@ -137,12 +137,14 @@ async fn place(app: &TestApp, tenant: &str, price: Uuid, email: &str) -> Value {
     r.json().await.expect("order")
 }
 
-/// Waits until the order's subscription, jobs, customer and domain are projected.
+/// Waits until the order's subscription, every one of its jobs (the saga schedules them in
+/// separate commits), its customer and its domain are projected.
 async fn projected(app: &TestApp, order: &Value) {
     let id = order["orderId"].as_str().expect("orderId").to_owned();
     app.eventually(15, "order fully projected", || async {
-        let (jobs, subs, customers, domains): (i64, i64, i64, i64) = sqlx::query_as(
-            "SELECT (SELECT count(*) FROM jobs WHERE order_id = $1::uuid), \
+        let (jobs_missing, subs, customers, domains): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT (SELECT coalesce(max(cardinality(required_steps)), -1) FROM subscriptions WHERE order_id = $1::uuid) \
+                      - (SELECT count(*) FROM jobs WHERE order_id = $1::uuid), \
                     (SELECT count(*) FROM subscriptions WHERE order_id = $1::uuid), \
                     (SELECT count(*) FROM customers c JOIN orders o ON o.customer_id = c.id WHERE o.id = $1::uuid), \
                     (SELECT count(*) FROM domains WHERE order_id = $1::uuid)",
@@ -151,7 +153,7 @@ async fn projected(app: &TestApp, order: &Value) {
         .fetch_one(&app.pool)
         .await
         .expect("counts");
-        (jobs > 0 && subs == 1 && customers == 1 && domains == 1).then_some(())
+        (jobs_missing == 0 && subs == 1 && customers == 1 && domains == 1).then_some(())
     })
     .await;
 }
@@ -246,11 +248,20 @@ async fn every_endpoint_answers_each_role_as_the_role_table_says() {
         .expect("domain");
     let product = w.product_a;
     let customer = w.customer_a;
+    // The subscription's opening: the order and its subscription both exist there.
+    let placed_at: i64 = sqlx::query_scalar(
+        "SELECT global_position FROM events WHERE aggregate_type = 'Subscription' AND aggregate_id = $1 AND sequence = 1",
+    )
+    .bind(&sub)
+    .fetch_one(&app.pool)
+    .await
+    .expect("opening position");
 
     const ALL: &[&str] = &["super_admin", "admin", "support", "auditor", "customer"];
     const STAFF: &[&str] = &["super_admin", "admin", "support", "auditor"];
     const ADMINS: &[&str] = &["super_admin", "admin"];
     const RETRIERS: &[&str] = &["super_admin", "admin", "support"];
+    const AUDITORS: &[&str] = &["super_admin", "auditor"];
     let new_product = json!({ "name": "Matrix Plan", "plan": ["dns"], "tenantSlug": app.tenant });
     let matrix: Vec<(Method, String, Option<Value>, &[&str])> = vec![
         (Method::GET, "/api/products".into(), None, STAFF),
@@ -301,6 +312,20 @@ async fn every_endpoint_answers_each_role_as_the_role_table_says() {
         (Method::GET, "/api/domains".into(), None, STAFF),
         (Method::GET, format!("/api/domains/{domain}"), None, STAFF),
         (Method::GET, "/api/auth/me".into(), None, ALL),
+        (Method::GET, "/api/audit/verify".into(), None, AUDITORS),
+        (Method::GET, "/api/audit/events".into(), None, AUDITORS),
+        (
+            Method::GET,
+            format!("/api/orders/{order}?at={placed_at}"),
+            None,
+            ALL,
+        ),
+        (
+            Method::GET,
+            format!("/api/subscriptions/{sub}?at={placed_at}"),
+            None,
+            ALL,
+        ),
     ];
     for (method, path, body, allowed) in &matrix {
         let (status, problem) = call(&app, method.clone(), path, None, body.clone()).await;

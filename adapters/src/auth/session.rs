@@ -77,7 +77,11 @@ fn access_token(settings: &AuthSettings, user: &User, sid: Uuid) -> Result<Strin
 }
 
 /// Writes a login attempt to `login_audit` (never a password or token).
-async fn record_attempt(pool: &PgPool, email: &Email, user_id: Option<Uuid>) -> Result<(), AuthError> {
+async fn record_attempt(
+    pool: &PgPool,
+    email: &Email,
+    user_id: Option<Uuid>,
+) -> Result<(), AuthError> {
     sqlx::query("INSERT INTO login_audit (email, user_id, succeeded) VALUES ($1, $2, $3)")
         .bind(email.as_str())
         .bind(user_id)

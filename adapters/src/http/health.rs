@@ -1,8 +1,10 @@
 //! Liveness, readiness and health.
 //!
-//! `/api/live` says the process answers; `/api/ready` says it can do its job (Postgres
-//! reachable, every embedded migration applied) and is what load balancers and `up.sh --detach`
-//! wait for; `/api/health` reports each dependency with its latency for humans.
+//! `/api/live` says the process answers; `/api/ready` says it can do its job (Postgres and Redis
+//! reachable, every embedded migration applied, and no feed subscriber more than
+//! `READY_MAX_FEED_LAG_EVENTS` behind, so the read models it serves are not badly stale) and is
+//! what load balancers and `up.sh --detach` wait for; `/api/health` reports each dependency with
+//! its latency and each subscriber's lag, for humans.
 
 use std::time::Instant;
 
@@ -113,13 +115,71 @@ async fn check_redis(state: &AppState) -> Option<Check> {
     })
 }
 
-/// `GET /api/ready`: 200 when Postgres and Redis answer and migrations are applied, else 503.
+/// Each subscriber's lag, and the ones beyond the readiness threshold.
+struct FeedCheck {
+    latency_ms: f64,
+    subscribers: Vec<mpanel_projections::status::SubscriberStatus>,
+    behind: Vec<String>,
+    error: Option<String>,
+}
+
+impl FeedCheck {
+    fn ok(&self) -> bool {
+        self.error.is_none() && self.behind.is_empty()
+    }
+
+    fn max_lag(&self) -> i64 {
+        self.subscribers
+            .iter()
+            .map(|s| s.lag_events)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+async fn check_feed(state: &AppState) -> FeedCheck {
+    let start = Instant::now();
+    let result = mpanel_projections::status::status(&state.pool, &["saga"]).await;
+    let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+    // Live subscribers only: a rebuild's own checkpoint (`name#rebuild`) lags by design.
+    let live: Vec<&str> = mpanel_projections::projectors::all()
+        .iter()
+        .map(mpanel_projections::runner::Subscriber::name)
+        .chain(["saga"])
+        .collect();
+    match result {
+        Ok(mut subscribers) => {
+            subscribers.retain(|s| live.contains(&s.name.as_str()));
+            let behind = subscribers
+                .iter()
+                .filter(|s| s.lag_events > state.ready_max_feed_lag)
+                .map(|s| format!("{} ({} events)", s.name, s.lag_events))
+                .collect();
+            FeedCheck {
+                latency_ms,
+                subscribers,
+                behind,
+                error: None,
+            }
+        }
+        Err(_) => FeedCheck {
+            latency_ms,
+            subscribers: vec![],
+            behind: vec![],
+            error: Some("cannot read checkpoints".into()),
+        },
+    }
+}
+
+/// `GET /api/ready`: 200 when Postgres and Redis answer, migrations are applied and every feed
+/// subscriber is within `READY_MAX_FEED_LAG_EVENTS` of the head; else 503 naming what is wrong.
 #[utoipa::path(
     get,
     path = "/api/ready",
     tag = "public",
     responses(
-        (status = 200, description = "Postgres and Redis answer and every migration is applied",
+        (status = 200, description = "Postgres and Redis answer, every migration is applied and \
+         no feed subscriber lags more than READY_MAX_FEED_LAG_EVENTS",
          body = Object, example = json!({"status": "ready"})),
         Unavailable
     )
@@ -127,19 +187,30 @@ async fn check_redis(state: &AppState) -> Option<Check> {
 pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let pg = check_postgres(&state).await;
     if !pg.ok {
-        return Err(ApiError::Unavailable("postgres unreachable".into()));
+        return Err(ApiError::NotReady("postgres unreachable".into()));
     }
     if check_redis(&state).await.is_some_and(|r| !r.ok) {
-        return Err(ApiError::Unavailable("redis unreachable".into()));
+        return Err(ApiError::NotReady("redis unreachable".into()));
     }
     let migrations = check_migrations(&state).await;
     if !migrations.ok {
-        return Err(ApiError::Unavailable(migrations.detail.unwrap_or_default()));
+        return Err(ApiError::NotReady(migrations.detail.unwrap_or_default()));
+    }
+    let feed = check_feed(&state).await;
+    if let Some(error) = feed.error {
+        return Err(ApiError::NotReady(error));
+    }
+    if !feed.behind.is_empty() {
+        return Err(ApiError::NotReady(format!(
+            "feed lag over {} events: {}",
+            state.ready_max_feed_lag,
+            feed.behind.join(", ")
+        )));
     }
     Ok(Json(json!({ "status": "ready" })))
 }
 
-/// `GET /api/health`: each dependency with status and latency.
+/// `GET /api/health`: each dependency with status and latency, and each feed subscriber's lag.
 #[utoipa::path(
     get,
     path = "/api/health",
@@ -149,7 +220,10 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Value>, ApiErro
          example = json!({"status": "ok", "version": "0.1.0", "checks": {
              "postgres": {"status": "ok", "latencyMs": 0.4, "detail": null},
              "migrations": {"status": "ok", "latencyMs": 0.6, "detail": null},
-             "redis": {"status": "ok", "latencyMs": 0.2, "detail": null}}})),
+             "redis": {"status": "ok", "latencyMs": 0.2, "detail": null},
+             "feed": {"status": "ok", "latencyMs": 1.1, "detail": null, "maxLagEvents": 0,
+                      "readyMaxLagEvents": 10000, "subscribers": [
+                 {"name": "saga", "lagEvents": 0, "lagSeconds": 0.0, "failing": false}]}}})),
         (status = 503, description = "Some dependency is down (same body, `status: degraded`)",
          body = Object)
     )
@@ -166,7 +240,17 @@ pub async fn health(State(state): State<AppState>) -> Response {
         }
     };
     let redis = check_redis(&state).await;
-    let ok = pg.ok && migrations.ok && redis.as_ref().is_none_or(|r| r.ok);
+    let feed = if pg.ok {
+        check_feed(&state).await
+    } else {
+        FeedCheck {
+            latency_ms: 0.0,
+            subscribers: vec![],
+            behind: vec![],
+            error: Some("postgres unreachable".into()),
+        }
+    };
+    let ok = pg.ok && migrations.ok && redis.as_ref().is_none_or(|r| r.ok) && feed.ok();
     let render = |c: &Check| json!({ "status": if c.ok { "ok" } else { "down" }, "latencyMs": c.latency_ms, "detail": c.detail });
     let body = json!({
         "status": if ok { "ok" } else { "degraded" },
@@ -175,6 +259,22 @@ pub async fn health(State(state): State<AppState>) -> Response {
             "postgres": render(&pg),
             "migrations": render(&migrations),
             "redis": redis.as_ref().map(render),
+            "feed": {
+                "status": if feed.ok() { "ok" } else { "down" },
+                "latencyMs": feed.latency_ms,
+                "detail": feed.error.clone().or_else(|| (!feed.behind.is_empty())
+                    .then(|| format!("lagging: {}", feed.behind.join(", ")))),
+                "maxLagEvents": feed.max_lag(),
+                "readyMaxLagEvents": state.ready_max_feed_lag,
+                "subscribers": feed.subscribers.iter().map(|s| json!({
+                    "name": s.name,
+                    "lagEvents": s.lag_events,
+                    "lagSeconds": s.lag_seconds,
+                    // Whether it is stuck on an event; the error itself is for
+                    // `mpanel projections status`, not a public endpoint.
+                    "failing": s.last_error.is_some(),
+                })).collect::<Vec<_>>(),
+            },
         }
     });
     let status = if ok {

@@ -1,9 +1,12 @@
 //! The HTTP API (axum). Routes, shared state and the middleware stack.
 
+mod as_of;
+mod audit;
 pub mod auth;
 mod catalog;
 mod health;
 mod json;
+mod metrics;
 pub mod openapi;
 mod orders;
 pub mod paging;
@@ -13,6 +16,7 @@ pub mod rate_limit;
 #[cfg(test)]
 mod router_tests;
 pub mod stripe;
+mod trace;
 mod views;
 
 use std::sync::Arc;
@@ -29,7 +33,6 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::set_header::SetResponseHeaderLayer;
 use tower_http::timeout::TimeoutLayer;
-use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -62,6 +65,8 @@ pub struct AppState {
     limiter: Arc<rate_limit::Limiter>,
     /// Origins allowed cross-origin; empty: no CORS.
     cors_origins: Arc<[String]>,
+    /// `/api/ready` fails when a feed subscriber lags more events than this.
+    pub ready_max_feed_lag: i64,
 }
 
 impl AppState {
@@ -79,7 +84,16 @@ impl AppState {
                 &rate_limit::RateLimitSettings::default(),
             )),
             cors_origins: Arc::from([]),
+            ready_max_feed_lag: 10_000,
         }
+    }
+
+    /// Sets the feed lag (in events) beyond which `/api/ready` answers 503
+    /// (`READY_MAX_FEED_LAG_EVENTS`; default 10000).
+    #[must_use]
+    pub fn with_ready_max_feed_lag(mut self, events: i64) -> Self {
+        self.ready_max_feed_lag = events;
+        self
     }
 
     /// Sets the request rate limits (without it: DESIGN's defaults, 100 requests per client per
@@ -140,6 +154,7 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(health::live))
         .routes(routes!(health::ready))
         .routes(routes!(health::health))
+        .routes(routes!(metrics::metrics))
         .routes(routes!(openapi::openapi_json))
         .routes(routes!(public::products))
         .routes(routes!(orders::create, views::list_orders))
@@ -163,6 +178,8 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(views::get_customer))
         .routes(routes!(views::list_domains))
         .routes(routes!(views::get_domain))
+        .routes(routes!(audit::verify))
+        .routes(routes!(audit::events))
 }
 
 /// CORS for the configured origins: the staff UI's methods, and only the `authorization` and
@@ -199,7 +216,7 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static("x-request-id");
     let middleware = ServiceBuilder::new()
         .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
-        .layer(TraceLayer::new_for_http())
+        .layer(trace::layer())
         .layer(PropagateRequestIdLayer::new(request_id))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -232,7 +249,12 @@ pub fn router(state: AppState) -> Router {
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             rate_limit::limit,
-        ));
+        ))
+        // Inside routing (so the route template is known) and outside the rate limit (so 429s
+        // are counted too).
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
+        // Inside routing: the request span learns its route template.
+        .layer(axum::middleware::from_fn(trace::record_route));
     let app = match cors(&state.cors_origins) {
         Some(cors) => app.layer(cors),
         None => app,

@@ -38,7 +38,8 @@ pub const INTERNAL_KEY: &str = "internalKey";
         (name = "auth", description = "Login, token refresh, the caller, logout"),
         (name = "orders", description = "The order webhook and staff order views"),
         (name = "catalog", description = "Products and prices (staff)"),
-        (name = "operations", description = "Subscriptions, jobs, customers, domains (staff)")
+        (name = "operations", description = "Subscriptions, jobs, customers, domains (staff)"),
+        (name = "audit", description = "The hash-chained event log: verification and paged export (auditors)")
     )
 )]
 pub struct ApiDoc;

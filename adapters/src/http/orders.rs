@@ -69,7 +69,8 @@ pub struct OrderAccepted {
     tag = "orders",
     request_body(content = OrderWebhookBody, content_type = "application/json"),
     params(("traceparent" = Option<String>, Header,
-            description = "W3C trace context, recorded in the events' metadata")),
+            description = "W3C trace context: the request's span continues this trace, and the \
+                           events' metadata (so the saga and the worker) carry it on")),
     responses(
         (status = 201, description = "A new order was placed", body = OrderAccepted,
          headers(("Location" = String, description = "/api/orders/{orderId}"))),
@@ -96,7 +97,9 @@ pub async fn create(
         return Err(ApiError::Unauthorized("invalid x-internal-key"));
     }
     let request = parse(&headers, body)?;
-    let metadata = EventMetadata::new("webhook").traced(traceparent(&headers));
+    // The request span's context (a child of the caller's `traceparent`, when one was sent):
+    // the saga and the worker continue this trace from the events' metadata.
+    let metadata = EventMetadata::new("webhook").traced(crate::telemetry::current_traceparent());
     let outcome = place_order(&state.pool, &state.bus, request, metadata)
         .await
         .map_err(|e| intake_error(e, &OrderFields::WEBHOOK))?;
@@ -192,11 +195,4 @@ pub(super) fn intake_error(e: IntakeError, names: &OrderFields) -> ApiError {
         }
         IntakeError::Storage(e) => ApiError::Unavailable(e),
     }
-}
-
-/// The W3C trace context of the request, if it sent a well-formed one.
-pub(super) fn traceparent(headers: &HeaderMap) -> Option<String> {
-    let value = headers.get("traceparent")?.to_str().ok()?;
-    let ok = value.len() == 55 && value.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
-    ok.then(|| value.to_owned())
 }

@@ -54,6 +54,11 @@ pub enum ApiError {
     /// A dependency is down; try again later.
     #[error("{0}")]
     Unavailable(String),
+    /// The process is not ready to serve (`/api/ready`). Unlike [`ApiError::Unavailable`], the
+    /// reason is shown: it is built from fixed texts and subscriber names, never from a driver
+    /// error, and tells the operator what to fix.
+    #[error("not ready: {0}")]
+    NotReady(String),
     /// The client or credential used up its request budget; it may retry after this many
     /// seconds (sent as `Retry-After`).
     #[error("rate limited for {0} s")]
@@ -91,6 +96,12 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
             Self::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+            ),
+            // Same stable type as `Unavailable`: only the detail differs.
+            Self::NotReady(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
                 "Service unavailable",
@@ -150,6 +161,7 @@ impl IntoResponse for ApiError {
                 tracing::warn!(error = %d, "dependency unavailable");
                 Some("a dependency is unavailable; try again shortly".to_owned())
             }
+            Self::NotReady(d) => Some(d.clone()),
             Self::Internal(d) => {
                 tracing::error!(error = %d, "internal error");
                 None

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use subtle::{Choice, ConstantTimeEq};
 use uuid::Uuid;
 
-use super::orders::{intake_error, order_request, traceparent, OrderFields};
+use super::orders::{intake_error, order_request, OrderFields};
 use super::problem::{ApiError, PROBLEM_JSON};
 use super::AppState;
 use crate::intake::{place_order, IntakeOutcome};
@@ -268,7 +268,7 @@ pub async fn webhook(
 
     let (fields, names) = intent_fields(event.object.as_ref());
     let request = order_request(&fields, &names)?;
-    let metadata = EventMetadata::new(ACTOR).traced(traceparent(&headers));
+    let metadata = EventMetadata::new(ACTOR).traced(crate::telemetry::current_traceparent());
     let outcome = place_order(&state.pool, &state.bus, request, metadata)
         .await
         .map_err(|e| intake_error(e, &names))?;

@@ -19,6 +19,7 @@ use sqlx::PgPool;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::as_of::{self, AtQuery, OrderAsOf, SubscriptionAsOf};
 use super::openapi::{
     Conflict, Forbidden, InvalidParameter, NotFound, RateLimited, Unauthorized, Unavailable,
 };
@@ -60,24 +61,24 @@ async fn own_customer(pool: &PgPool, caller: &Caller) -> Result<Option<Uuid>, Ap
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct OrderRow {
-    id: Uuid,
-    tenant_id: Uuid,
-    customer_id: Uuid,
-    customer_email: String,
-    product_id: Uuid,
-    product_name: String,
-    price_id: Uuid,
-    amount_minor: i64,
-    currency: String,
-    interval: String,
-    domain: Option<String>,
-    payment_ref: String,
-    subscription_id: Uuid,
-    status: String,
-    placed_at: DateTime<Utc>,
-    fulfilled_at: Option<DateTime<Utc>>,
-    cancelled_at: Option<DateTime<Utc>>,
-    cancel_reason: Option<String>,
+    pub(super) id: Uuid,
+    pub(super) tenant_id: Uuid,
+    pub(super) customer_id: Uuid,
+    pub(super) customer_email: String,
+    pub(super) product_id: Uuid,
+    pub(super) product_name: String,
+    pub(super) price_id: Uuid,
+    pub(super) amount_minor: i64,
+    pub(super) currency: String,
+    pub(super) interval: String,
+    pub(super) domain: Option<String>,
+    pub(super) payment_ref: String,
+    pub(super) subscription_id: Uuid,
+    pub(super) status: String,
+    pub(super) placed_at: DateTime<Utc>,
+    pub(super) fulfilled_at: Option<DateTime<Utc>>,
+    pub(super) cancelled_at: Option<DateTime<Utc>>,
+    pub(super) cancel_reason: Option<String>,
 }
 
 const ORDER_COLUMNS: &str = "id, tenant_id, customer_id, customer_email, product_id, product_name, price_id, \
@@ -130,19 +131,19 @@ pub async fn list_orders(
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SubscriptionRow {
-    id: Uuid,
-    order_id: Uuid,
-    tenant_id: Uuid,
-    customer_id: Uuid,
-    domain: Option<String>,
-    status: String,
-    required_steps: Vec<String>,
-    succeeded_steps: Vec<String>,
-    failed_step: Option<String>,
-    last_error: Option<String>,
-    opened_at: DateTime<Utc>,
-    activated_at: Option<DateTime<Utc>>,
-    updated_at: DateTime<Utc>,
+    pub(super) id: Uuid,
+    pub(super) order_id: Uuid,
+    pub(super) tenant_id: Uuid,
+    pub(super) customer_id: Uuid,
+    pub(super) domain: Option<String>,
+    pub(super) status: String,
+    pub(super) required_steps: Vec<String>,
+    pub(super) succeeded_steps: Vec<String>,
+    pub(super) failed_step: Option<String>,
+    pub(super) last_error: Option<String>,
+    pub(super) opened_at: DateTime<Utc>,
+    pub(super) activated_at: Option<DateTime<Utc>>,
+    pub(super) updated_at: DateTime<Utc>,
 }
 
 const SUBSCRIPTION_COLUMNS: &str =
@@ -188,6 +189,24 @@ pub struct OrderDetail {
     jobs: Vec<JobRow>,
 }
 
+/// The tenant and customer rules of the order and subscription views: another tenant's
+/// resource, or for a customer someone else's, is `not_found`.
+async fn check_visible(
+    pool: &PgPool,
+    caller: &Caller,
+    tenant_id: Uuid,
+    customer_id: Uuid,
+    not_found: &'static str,
+) -> Result<(), ApiError> {
+    caller.tenant_scope(tenant_id)?;
+    if let Some(own) = own_customer(pool, caller).await? {
+        if customer_id != own {
+            return Err(ApiError::NotFound(not_found));
+        }
+    }
+    Ok(())
+}
+
 async fn visible_order(state: &AppState, caller: &Caller, id: Uuid) -> Result<OrderRow, ApiError> {
     let order: OrderRow =
         sqlx::query_as(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
@@ -195,23 +214,46 @@ async fn visible_order(state: &AppState, caller: &Caller, id: Uuid) -> Result<Or
             .fetch_optional(&state.pool)
             .await?
             .ok_or(ApiError::NotFound("no such order"))?;
-    caller.tenant_scope(order.tenant_id)?;
-    if let Some(own) = own_customer(&state.pool, caller).await? {
-        if order.customer_id != own {
-            return Err(ApiError::NotFound("no such order"));
-        }
-    }
+    check_visible(
+        &state.pool,
+        caller,
+        order.tenant_id,
+        order.customer_id,
+        "no such order",
+    )
+    .await?;
     Ok(order)
 }
 
-/// `GET /api/orders/{id}`: the order, its subscription `{id, status, steps}` and its jobs.
+/// `GET /api/orders/{id}`: live, or as of a position with `?at=`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum OrderView {
+    /// Now, from the read models: with its subscription and jobs.
+    Live(OrderDetail),
+    /// As of `?at=`, folded from the events: with its subscription, plus `asOf`.
+    AsOf(OrderAsOf),
+}
+
+/// `GET /api/subscriptions/{id}`: live, or as of a position with `?at=`.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum SubscriptionView {
+    /// Now, from the read model.
+    Live(SubscriptionRow),
+    /// As of `?at=`, folded from the events, plus `asOf`.
+    AsOf(SubscriptionAsOf),
+}
+
+/// `GET /api/orders/{id}`: the order, its subscription `{id, status, steps}` and its jobs; with
+/// `?at=N`, the order and its subscription as they were at position N (see [`as_of`]).
 #[utoipa::path(
     get,
     path = "/api/orders/{id}",
     tag = "orders",
-    params(("id" = Uuid, Path, description = "The order")),
+    params(("id" = Uuid, Path, description = "The order"), AtQuery),
     responses(
-        (status = 200, description = "The order with its subscription and jobs", body = OrderDetail),
+        (status = 200, description = "The order with its subscription and jobs; with `at`, the order and its subscription as of that position, with `asOf` (404 if it did not exist yet)", body = OrderView),
         Unauthorized,
         Forbidden,
         NotFound,
@@ -225,9 +267,29 @@ pub async fn get_order(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<OrderDetail>, ApiError> {
+    Query(at): Query<AtQuery>,
+) -> Result<Json<OrderView>, ApiError> {
     caller.require(ORDER_READ)?;
-    let order = visible_order(&state, &caller, parse_id(&id)?).await?;
+    let id = parse_id(&id)?;
+    if let Some(at) = at.position()? {
+        let (order, subscription) = as_of::order(&state.pool, id, at)
+            .await?
+            .ok_or(ApiError::NotFound("no such order at that position"))?;
+        check_visible(
+            &state.pool,
+            &caller,
+            order.tenant_id,
+            order.customer_id,
+            "no such order",
+        )
+        .await?;
+        return Ok(Json(OrderView::AsOf(OrderAsOf {
+            order,
+            subscription,
+            as_of: at,
+        })));
+    }
+    let order = visible_order(&state, &caller, id).await?;
     let subscription: Option<SubscriptionRow> = sqlx::query_as(&format!(
         "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1"
     ))
@@ -240,11 +302,11 @@ pub async fn get_order(
     .bind(order.id)
     .fetch_all(&state.pool)
     .await?;
-    Ok(Json(OrderDetail {
+    Ok(Json(OrderView::Live(OrderDetail {
         order,
         subscription,
         jobs,
-    }))
+    })))
 }
 
 /// One event of an order's history.
@@ -360,9 +422,9 @@ pub async fn list_subscriptions(
     get,
     path = "/api/subscriptions/{id}",
     tag = "operations",
-    params(("id" = Uuid, Path, description = "The subscription")),
+    params(("id" = Uuid, Path, description = "The subscription"), AtQuery),
     responses(
-        (status = 200, description = "The subscription with its step progress", body = SubscriptionRow),
+        (status = 200, description = "The subscription with its step progress; with `at`, as of that position, with `asOf` (404 if it was not opened yet)", body = SubscriptionView),
         Unauthorized,
         Forbidden,
         NotFound,
@@ -376,22 +438,43 @@ pub async fn get_subscription(
     caller: Caller,
     State(state): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<SubscriptionRow>, ApiError> {
+    Query(at): Query<AtQuery>,
+) -> Result<Json<SubscriptionView>, ApiError> {
     caller.require(ORDER_READ)?;
-    let row: SubscriptionRow = sqlx::query_as(&format!(
-        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1"
-    ))
-    .bind(parse_id(&id)?)
-    .fetch_optional(&state.pool)
-    .await?
-    .ok_or(ApiError::NotFound("no such subscription"))?;
-    caller.tenant_scope(row.tenant_id)?;
-    if let Some(own) = own_customer(&state.pool, &caller).await? {
-        if row.customer_id != own {
-            return Err(ApiError::NotFound("no such subscription"));
-        }
-    }
-    Ok(Json(row))
+    let id = parse_id(&id)?;
+    let (row, as_of) = match at.position()? {
+        Some(at) => (
+            as_of::subscription(&state.pool, id, at)
+                .await?
+                .ok_or(ApiError::NotFound("no such subscription at that position"))?,
+            Some(at),
+        ),
+        None => (
+            sqlx::query_as(&format!(
+                "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE id = $1"
+            ))
+            .bind(id)
+            .fetch_optional(&state.pool)
+            .await?
+            .ok_or(ApiError::NotFound("no such subscription"))?,
+            None,
+        ),
+    };
+    check_visible(
+        &state.pool,
+        &caller,
+        row.tenant_id,
+        row.customer_id,
+        "no such subscription",
+    )
+    .await?;
+    Ok(Json(match as_of {
+        Some(as_of) => SubscriptionView::AsOf(SubscriptionAsOf {
+            subscription: row,
+            as_of,
+        }),
+        None => SubscriptionView::Live(row),
+    }))
 }
 
 /// `GET /api/jobs`.

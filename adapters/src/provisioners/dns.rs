@@ -331,6 +331,7 @@ impl PowerDnsProvisioner {
     /// PowerDNS answers 500 to brief backend contention ("database is locked" with gsqlite3
     /// under concurrent writes) that would otherwise cost a whole job retry with backoff.
     /// Timeouts are not retried here, so an attempt stays within a few request timeouts.
+    #[tracing::instrument(name = "powerdns.request", skip_all, fields(method = %method, action))]
     async fn call(
         &self,
         method: Method,

@@ -44,13 +44,11 @@ export LC_ALL
 MPANEL_MAIL_SCRIPT_VERSION=1
 printf 'MPANEL_MAIL_SCRIPT_VERSION=%s\n' "$MPANEL_MAIL_SCRIPT_VERSION"
 
-# What a failed or interrupted run leaves is removed on the way out: its temp file and its
-# symlink lock (flock locks go with the process).
+# What a failed or interrupted run leaves is removed on the way out: its temp file (the flock
+# lock goes with the process).
 tmp=
-held_lock=
 cleanup() {
   [ -z "$tmp" ] || rm -f "$tmp"
-  [ -z "$held_lock" ] || rm -f "$held_lock"
 }
 trap cleanup EXIT
 trap 'exit 1' HUP INT TERM
@@ -142,37 +140,14 @@ check_mail_root() {
   [ -d "$1" ] || die_config "mail root $1 does not exist or is not a directory"
 }
 
-# Lock on PASSWD_FILE.lock: flock(1) where available (released by the kernel when the holder
-# dies, so a crashed run never blocks the next one), else a symlink whose target names the
-# holder's pid, broken when that process is gone.
+# Lock on PASSWD_FILE.lock with flock(1): the kernel releases it when the holder dies, so a
+# crashed run never blocks the next one. flock is required (util-linux, on every Debian host): a
+# pid-file style fallback cannot break a stale lock without racing a fresh holder.
 lock_passwd_file() {
   lock="$1.lock"
-  if command -v flock >/dev/null 2>&1; then
-    [ ! -L "$lock" ] || rm -f "$lock"
-    exec 9>>"$lock"
-    flock -w "$LOCK_WAIT" 9 || { printf 'mpanel-mail: %s is busy\n' "$lock" >&2; exit 75; }
-    return 0
-  fi
-  lock="$1.lck"
-  waited=0
-  while ! ln -s "mpanel-pid-$$" "$lock" 2>/dev/null; do
-    holder="$(readlink "$lock" 2>/dev/null || :)"
-    pid="${holder#mpanel-pid-}"
-    case "$pid" in
-      '' | *[!0-9]*) ;;
-      *)
-        if ! kill -0 "$pid" 2>/dev/null; then
-          # Stale: re-read right before deleting, so a fresh holder is never thrown out.
-          [ "$(readlink "$lock" 2>/dev/null || :)" != "$holder" ] || rm -f "$lock"
-          continue
-        fi
-        ;;
-    esac
-    waited=$((waited + 1))
-    [ "$waited" -le "$((LOCK_WAIT * 5))" ] || { printf 'mpanel-mail: %s is busy\n' "$lock" >&2; exit 75; }
-    sleep 0.2 2>/dev/null || sleep 1
-  done
-  held_lock="$lock"
+  command -v flock >/dev/null 2>&1 || die_config "flock(1) is missing on the mail host (install util-linux)"
+  exec 9>>"$lock"
+  flock -w "$LOCK_WAIT" 9 || { printf 'mpanel-mail: %s is busy\n' "$lock" >&2; exit 75; }
 }
 
 # read_hash: reads one password line from standard input and prints its {SHA512-CRYPT} hash.

@@ -49,5 +49,6 @@ pub trait Provisioner: Send + Sync {
 
 pub mod dns;
 pub mod hosting;
+pub mod instant;
 pub mod mail;
 pub mod ssh;

@@ -323,7 +323,13 @@ impl SshTarget {
     ) -> Result<Output, SshError> {
         let command = command_line(script, args)?;
         let target = self.clone();
-        let span = tracing::Span::current();
+        // A child of the caller's span (the job attempt's), entered on the blocking thread.
+        let span = tracing::info_span!(
+            "ssh.run_script",
+            host = %self.host,
+            port = self.port,
+            user = %self.user,
+        );
         tokio::task::spawn_blocking(move || {
             let _entered = span.enter();
             run_blocking(&target, &command, stdin.as_deref())

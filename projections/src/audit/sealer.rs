@@ -25,6 +25,11 @@ impl Projector for AuditSealer {
         SEALER_NAME
     }
 
+    /// The seals are not a read model: a rebuild refuses the sealer (see [`crate::rebuild`]).
+    fn tables(&self) -> &'static [&'static str] {
+        &["event_seals"]
+    }
+
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
         let prev = previous_hash(tx, event).await?;
         let hash = seal_event(&prev, event);

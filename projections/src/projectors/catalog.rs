@@ -17,6 +17,10 @@ impl Projector for CatalogProjector {
         "catalog"
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["tenants", "products", "prices"]
+    }
+
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
         match event.aggregate_type.as_str() {
             "Tenant" => apply_tenant(tx, event).await,

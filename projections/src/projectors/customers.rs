@@ -16,6 +16,10 @@ impl Projector for CustomersProjector {
         "customers"
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["customers"]
+    }
+
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
         if event.aggregate_type != "Order" {
             return Ok(());

@@ -16,6 +16,10 @@ impl Projector for JobsProjector {
         "jobs"
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["jobs"]
+    }
+
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
         if event.aggregate_type != "Job" {
             return Ok(());

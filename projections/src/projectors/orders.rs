@@ -17,6 +17,10 @@ impl Projector for OrdersProjector {
         "orders"
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["orders"]
+    }
+
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
         if event.aggregate_type != "Order" {
             return Ok(());

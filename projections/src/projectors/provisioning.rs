@@ -21,6 +21,16 @@ impl Projector for ProvisioningProjector {
         "provisioning"
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &[
+            "domains",
+            "dns_zones",
+            "dns_records",
+            "hosting_accounts",
+            "mail_accounts",
+        ]
+    }
+
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
         if event.aggregate_type != "Job" {
             return Ok(());

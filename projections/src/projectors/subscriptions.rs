@@ -16,6 +16,10 @@ impl Projector for SubscriptionsProjector {
         "subscriptions"
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["subscriptions"]
+    }
+
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
         if event.aggregate_type != "Subscription" {
             return Ok(());
