@@ -228,6 +228,16 @@ async fn world(app: &TestApp) -> World {
     }
 }
 
+/// Whether a concrete path (query ignored) fits an OpenAPI path template like `/api/jobs/{id}`.
+fn matches_template(template: &str, path: &str) -> bool {
+    let path = path.split('?').next().unwrap_or(path);
+    let (t, p): (Vec<&str>, Vec<&str>) = (template.split('/').collect(), path.split('/').collect());
+    t.len() == p.len()
+        && t.iter()
+            .zip(&p)
+            .all(|(t, p)| (t.starts_with('{') && t.ends_with('}') && !p.is_empty()) || t == p)
+}
+
 fn s(v: &Value, k: &str) -> String {
     v[k].as_str()
         .unwrap_or_else(|| panic!("{k} in {v}"))
@@ -326,7 +336,53 @@ async fn every_endpoint_answers_each_role_as_the_role_table_says() {
             None,
             ALL,
         ),
+        // Destructive rows last: archiving and deactivating converge (204 again), and logging
+        // out revokes each caller's token after its own row.
+        (
+            Method::DELETE,
+            format!("/api/products/{product}/prices/{}", app.price_id),
+            None,
+            ADMINS,
+        ),
+        (
+            Method::DELETE,
+            format!("/api/products/{product}"),
+            None,
+            ADMINS,
+        ),
+        (Method::POST, "/api/auth/logout".into(), None, ALL),
     ];
+    // No endpoint escapes the table: every bearer-secured operation of the OpenAPI document
+    // (generated from the router's own annotations) has a row.
+    let doc: Value = app
+        .http
+        .get(format!("{}/api/openapi.json", app.url))
+        .send()
+        .await
+        .expect("openapi")
+        .json()
+        .await
+        .expect("json");
+    let mut secured = 0;
+    for (template, operations) in doc["paths"].as_object().expect("paths") {
+        for (verb, operation) in operations.as_object().expect("operations") {
+            let bearer = operation["security"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()));
+            if !bearer {
+                continue;
+            }
+            secured += 1;
+            let covered = matrix.iter().any(|(m, p, _, _)| {
+                m.as_str().eq_ignore_ascii_case(verb) && matches_template(template, p)
+            });
+            assert!(covered, "{verb} {template} has no row in the role matrix");
+        }
+    }
+    assert!(
+        secured >= 20,
+        "the document lists the staff endpoints ({secured})"
+    );
     for (method, path, body, allowed) in &matrix {
         let (status, problem) = call(&app, method.clone(), path, None, body.clone()).await;
         assert_eq!(
