@@ -38,10 +38,26 @@ pub struct Delivery {
 }
 
 /// A connection to the stream.
+///
+/// Two Redis connections: a blocking `XREADGROUP` holds its connection for up to its timeout,
+/// and fred multiplexes every command of a client over one connection, so a shared client made
+/// each `XADD` from the saga wait behind a worker's one-second read (the benchmark showed the
+/// saga crawling at one event per second).
 #[derive(Clone)]
 pub struct JobQueue {
     client: Client,
+    reader: Client,
     stream: String,
+}
+
+fn new_client(url: &str) -> Result<Client, QueueError> {
+    let config = Config::from_url(url)?;
+    Ok(Builder::from_config(config)
+        .with_connection_config(|c| {
+            c.connection_timeout = std::time::Duration::from_secs(5);
+        })
+        .set_policy(ReconnectPolicy::new_constant(0, 500))
+        .build()?)
 }
 
 impl JobQueue {
@@ -51,16 +67,13 @@ impl JobQueue {
     /// # Errors
     /// When the URL is invalid or Redis cannot be reached at all.
     pub async fn connect(url: &str, prefix: &str) -> Result<Self, QueueError> {
-        let config = Config::from_url(url)?;
-        let client = Builder::from_config(config)
-            .with_connection_config(|c| {
-                c.connection_timeout = std::time::Duration::from_secs(5);
-            })
-            .set_policy(ReconnectPolicy::new_constant(0, 500))
-            .build()?;
+        let client = new_client(url)?;
         client.init().await?;
+        let reader = new_client(url)?;
+        reader.init().await?;
         let queue = Self {
             client,
+            reader,
             stream: format!("{prefix}:jobs"),
         };
         queue.ensure_group().await?;
@@ -113,7 +126,7 @@ impl JobQueue {
         block_ms: u64,
     ) -> Result<Vec<Delivery>, QueueError> {
         let response: Result<fred::types::Value, _> = self
-            .client
+            .reader
             .xreadgroup(
                 GROUP,
                 consumer,
@@ -175,6 +188,7 @@ impl JobQueue {
 
     /// Closes the connection.
     pub async fn quit(&self) {
+        let _ = self.reader.quit().await;
         let _ = self.client.quit().await;
     }
 }

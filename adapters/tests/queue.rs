@@ -77,3 +77,25 @@ async fn a_flushed_stream_is_recreated_and_keeps_working() {
     queue.ping().await.expect("ping");
     redis_cli(&["DEL", &format!("{prefix}:jobs")]);
 }
+
+#[tokio::test]
+async fn a_dispatch_reaches_a_worker_already_blocked_in_its_read() {
+    // One client shared by a blocking XREADGROUP and the XADD would queue the XADD behind the
+    // read: the reader would time out empty-handed and only a later read would see the job.
+    let prefix = format!("mpanel-qtest-{}", Uuid::new_v4().simple());
+    let queue = JobQueue::connect(&redis_url(), &prefix)
+        .await
+        .expect("connect");
+    let reader = queue.clone();
+    let blocked = tokio::spawn(async move { reader.receive("w1", 10, 5000).await });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let job = Uuid::new_v4();
+    queue.dispatch(job).await.expect("dispatch");
+    let got = blocked.await.expect("task").expect("receive");
+    assert_eq!(
+        got.iter().map(|d| d.job_id).collect::<Vec<_>>(),
+        vec![job],
+        "the blocked read got the job"
+    );
+    redis_cli(&["DEL", &format!("{prefix}:jobs")]);
+}
