@@ -47,16 +47,36 @@ async fn a_paid_order_is_placed_and_the_saga_opens_its_subscription_and_jobs() {
         .as_str()
         .expect("subscriptionId")
         .to_owned();
-    let status: String = app
+    // Workers run at once, so by the first read the jobs may have finished; what must hold is
+    // that the subscription is never ACTIVE while a step is unfinished.
+    let (status, required, succeeded): (String, Vec<String>, Vec<String>) = app
         .eventually(10, "subscription projected", || async {
-            sqlx::query_scalar("SELECT status FROM subscriptions WHERE id = $1::uuid")
-                .bind(&subscription_id)
-                .fetch_optional(&app.pool)
-                .await
-                .expect("query")
+            sqlx::query_as(
+                "SELECT status, required_steps, succeeded_steps FROM subscriptions WHERE id = $1::uuid",
+            )
+            .bind(&subscription_id)
+            .fetch_optional(&app.pool)
+            .await
+            .expect("query")
         })
         .await;
-    assert_eq!(status, "INACTIVE", "never active before the work ran");
+    assert_eq!(required, vec!["dns", "hosting", "mail"]);
+    assert!(
+        status == "INACTIVE" || (status == "ACTIVE" && succeeded.len() == required.len()),
+        "never active before the work ran: {status} with {succeeded:?}"
+    );
+    let opened: Vec<String> = sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_type = 'Subscription' AND aggregate_id = $1 ORDER BY sequence LIMIT 1",
+    )
+    .bind(&subscription_id)
+    .fetch_all(&app.pool)
+    .await
+    .expect("events");
+    assert_eq!(
+        opened,
+        vec!["SubscriptionOpened"],
+        "opened INACTIVE, by its first event"
+    );
     let jobs: Vec<(String, String)> = app
         .eventually(10, "three jobs projected", || async {
             let jobs: Vec<(String, String)> = sqlx::query_as(
@@ -71,7 +91,20 @@ async fn a_paid_order_is_placed_and_the_saga_opens_its_subscription_and_jobs() {
         .await;
     let projected: HashSet<String> = jobs.iter().map(|(id, _)| id.clone()).collect();
     assert_eq!(projected, job_ids.iter().cloned().collect::<HashSet<_>>());
-    assert!(jobs.iter().all(|(_, s)| s == "SCHEDULED"));
+    // Each promised job was scheduled exactly once (it may be running or done by now).
+    let scheduled: Vec<String> = sqlx::query_scalar(
+        "SELECT aggregate_id FROM events WHERE event_type = 'JobScheduled' AND aggregate_id = ANY($1)",
+    )
+    .bind(&job_ids)
+    .fetch_all(&app.pool)
+    .await
+    .expect("scheduled");
+    assert_eq!(scheduled.len(), 3);
+    assert_eq!(
+        scheduled.into_iter().collect::<HashSet<_>>(),
+        job_ids.iter().cloned().collect::<HashSet<_>>()
+    );
+    assert!(jobs.iter().all(|(_, s)| s != "DEAD_LETTERED"), "{jobs:?}");
 
     // Inputs were normalised at the edge.
     let (email, domain, order_status): (String, String, String) =

@@ -40,7 +40,7 @@ pub const SCRIPT: &str = include_str!("mail_account.sh");
 
 /// The version the embedded script announces on its first line; a different one in the output
 /// means the output did not come from this script and is not trusted.
-pub const SCRIPT_VERSION: u32 = 1;
+pub const SCRIPT_VERSION: u32 = 2;
 
 /// Length of the initial random password: 32 alphanumeric characters from the OS's CSPRNG are
 /// about 190 bits, beyond any guessing, and need no escaping anywhere.
@@ -677,9 +677,9 @@ mod tests {
 
     #[test]
     fn output_must_come_from_this_script_version() {
-        let good = output(0, "MPANEL_MAIL_SCRIPT_VERSION=1\nOK a b\n", "");
+        let good = output(0, "MPANEL_MAIL_SCRIPT_VERSION=2\nOK a b\n", "");
         assert_eq!(checked_last_line(&good), Ok("OK a b"));
-        for stdout in ["OK a b\n", "MPANEL_MAIL_SCRIPT_VERSION=2\nOK a b\n", ""] {
+        for stdout in ["OK a b\n", "MPANEL_MAIL_SCRIPT_VERSION=1\nOK a b\n", ""] {
             assert!(
                 checked_last_line(&output(0, stdout, "")).is_err(),
                 "{stdout:?}"

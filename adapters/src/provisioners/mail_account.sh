@@ -41,7 +41,7 @@ umask 077
 LC_ALL=C
 export LC_ALL
 
-MPANEL_MAIL_SCRIPT_VERSION=1
+MPANEL_MAIL_SCRIPT_VERSION=2
 printf 'MPANEL_MAIL_SCRIPT_VERSION=%s\n' "$MPANEL_MAIL_SCRIPT_VERSION"
 
 # What a failed or interrupted run leaves is removed on the way out: its temp file (the flock
@@ -197,10 +197,15 @@ start_rewrite() {
 }
 
 # finish_rewrite FILE: gives $tmp FILE's owner, group and mode, and renames it over FILE (atomic:
-# Dovecot reads either the old or the new file, never half of one).
+# Dovecot reads either the old or the new file, never half of one). Dovecot notices a change by
+# mtime (whole seconds) and size only; a new password hash has the old one's length, so a rewrite
+# in the same second as the last one would go unseen. The new file's mtime is therefore always
+# later than the old file's.
 finish_rewrite() {
   chown --reference="$1" "$tmp" 2>/dev/null || chown "$(stat -c '%u:%g' "$1")" "$tmp"
   chmod --reference="$1" "$tmp" 2>/dev/null || chmod "$(stat -c '%a' "$1")" "$tmp"
+  old_mtime="$(stat -c %Y "$1" 2>/dev/null || echo 0)"
+  [ "$(stat -c %Y "$tmp")" -gt "$old_mtime" ] || touch -d "@$((old_mtime + 1))" "$tmp"
   sync "$tmp" 2>/dev/null || :
   mv -f "$tmp" "$1"
   tmp=
