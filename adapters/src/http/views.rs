@@ -109,21 +109,48 @@ pub async fn list_orders(
     caller.require(ORDER_READ)?;
     let page = Page::try_from(&query)?;
     let customer = own_customer(&state.pool, &caller).await?;
-    let filter = "($1::uuid IS NULL OR tenant_id = $1) AND ($2::uuid IS NULL OR customer_id = $2)";
-    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM orders WHERE {filter}"))
-        .bind(caller.tenant_filter())
+    scoped_page(
+        &state.pool,
+        &format!("SELECT count(*) FROM orders WHERE {CUSTOMER_SCOPE}"),
+        &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE {CUSTOMER_SCOPE} ORDER BY placed_at DESC, id LIMIT $3 OFFSET $4"),
+        (caller.tenant_filter(), customer),
+        page,
+    )
+    .await
+}
+
+/// Rows of the caller's tenant (`$1`, NULL for a super admin) and, for a customer, their own
+/// (`$2`, NULL for staff).
+const CUSTOMER_SCOPE: &str =
+    "($1::uuid IS NULL OR tenant_id = $1) AND ($2::uuid IS NULL OR customer_id = $2)";
+
+/// Rows of the caller's tenant (`$1`, NULL for a super admin); `$2` is always NULL here.
+const TENANT_SCOPE: &str = "($1::uuid IS NULL OR tenant_id = $1) AND $2::uuid IS NULL";
+
+/// One page of a scoped list: `count` and `select` bind `$1` tenant and `$2` customer filter
+/// (see [`CUSTOMER_SCOPE`], [`TENANT_SCOPE`]); `select` also binds `$3` LIMIT and `$4` OFFSET.
+async fn scoped_page<T>(
+    pool: &PgPool,
+    count: &str,
+    select: &str,
+    (tenant, customer): (Option<Uuid>, Option<Uuid>),
+    page: Page,
+) -> Result<Json<Paged<T>>, ApiError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    let total: i64 = sqlx::query_scalar(count)
+        .bind(tenant)
         .bind(customer)
-        .fetch_one(&state.pool)
+        .fetch_one(pool)
         .await?;
-    let items: Vec<OrderRow> = sqlx::query_as(&format!(
-        "SELECT {ORDER_COLUMNS} FROM orders WHERE {filter} ORDER BY placed_at DESC, id LIMIT $3 OFFSET $4"
-    ))
-    .bind(caller.tenant_filter())
-    .bind(customer)
-    .bind(page.per_page)
-    .bind(page.offset())
-    .fetch_all(&state.pool)
-    .await?;
+    let items: Vec<T> = sqlx::query_as(select)
+        .bind(tenant)
+        .bind(customer)
+        .bind(page.per_page)
+        .bind(page.offset())
+        .fetch_all(pool)
+        .await?;
     Ok(Json(Paged::new(items, page, total)))
 }
 
@@ -397,24 +424,14 @@ pub async fn list_subscriptions(
     caller.require(ORDER_READ)?;
     let page = Page::try_from(&query)?;
     let customer = own_customer(&state.pool, &caller).await?;
-    let filter = "($1::uuid IS NULL OR tenant_id = $1) AND ($2::uuid IS NULL OR customer_id = $2)";
-    let total: i64 = sqlx::query_scalar(&format!(
-        "SELECT count(*) FROM subscriptions WHERE {filter}"
-    ))
-    .bind(caller.tenant_filter())
-    .bind(customer)
-    .fetch_one(&state.pool)
-    .await?;
-    let items: Vec<SubscriptionRow> = sqlx::query_as(&format!(
-        "SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE {filter} ORDER BY opened_at DESC, id LIMIT $3 OFFSET $4"
-    ))
-    .bind(caller.tenant_filter())
-    .bind(customer)
-    .bind(page.per_page)
-    .bind(page.offset())
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(Paged::new(items, page, total)))
+    scoped_page(
+        &state.pool,
+        &format!("SELECT count(*) FROM subscriptions WHERE {CUSTOMER_SCOPE}"),
+        &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE {CUSTOMER_SCOPE} ORDER BY opened_at DESC, id LIMIT $3 OFFSET $4"),
+        (caller.tenant_filter(), customer),
+        page,
+    )
+    .await
 }
 
 /// `GET /api/subscriptions/{id}`.
@@ -500,21 +517,14 @@ pub async fn list_jobs(
 ) -> Result<Json<Paged<JobRow>>, ApiError> {
     caller.require(STAFF_READ)?;
     let page = Page::try_from(&query)?;
-    let total: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM jobs WHERE ($1::uuid IS NULL OR tenant_id = $1)")
-            .bind(caller.tenant_filter())
-            .fetch_one(&state.pool)
-            .await?;
-    let items: Vec<JobRow> = sqlx::query_as(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1::uuid IS NULL OR tenant_id = $1) \
-         ORDER BY scheduled_at DESC, id LIMIT $2 OFFSET $3"
-    ))
-    .bind(caller.tenant_filter())
-    .bind(page.per_page)
-    .bind(page.offset())
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(Paged::new(items, page, total)))
+    scoped_page(
+        &state.pool,
+        &format!("SELECT count(*) FROM jobs WHERE {TENANT_SCOPE}"),
+        &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {TENANT_SCOPE} ORDER BY scheduled_at DESC, id LIMIT $3 OFFSET $4"),
+        (caller.tenant_filter(), None),
+        page,
+    )
+    .await
 }
 
 async fn visible_job(state: &AppState, caller: &Caller, id: Uuid) -> Result<JobRow, ApiError> {
@@ -654,22 +664,17 @@ pub async fn list_customers(
 ) -> Result<Json<Paged<CustomerRow>>, ApiError> {
     caller.require(STAFF_READ)?;
     let page = Page::try_from(&query)?;
-    let total: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM customers WHERE ($1::uuid IS NULL OR tenant_id = $1)",
+    scoped_page(
+        &state.pool,
+        &format!("SELECT count(*) FROM customers WHERE {TENANT_SCOPE}"),
+        &format!(
+            "SELECT id, tenant_id, email, first_order_id, orders_count, created_at FROM customers \
+             WHERE {TENANT_SCOPE} ORDER BY created_at DESC, id LIMIT $3 OFFSET $4"
+        ),
+        (caller.tenant_filter(), None),
+        page,
     )
-    .bind(caller.tenant_filter())
-    .fetch_one(&state.pool)
-    .await?;
-    let items: Vec<CustomerRow> = sqlx::query_as(
-        "SELECT id, tenant_id, email, first_order_id, orders_count, created_at FROM customers \
-         WHERE ($1::uuid IS NULL OR tenant_id = $1) ORDER BY created_at DESC, id LIMIT $2 OFFSET $3",
-    )
-    .bind(caller.tenant_filter())
-    .bind(page.per_page)
-    .bind(page.offset())
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(Paged::new(items, page, total)))
+    .await
 }
 
 /// `GET /api/customers/{id}`.
@@ -751,21 +756,17 @@ pub async fn list_domains(
 ) -> Result<Json<Paged<DomainRow>>, ApiError> {
     caller.require(STAFF_READ)?;
     let page = Page::try_from(&query)?;
-    let total: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM domains WHERE ($1::uuid IS NULL OR tenant_id = $1)",
+    scoped_page(
+        &state.pool,
+        &format!("SELECT count(*) FROM domains WHERE {TENANT_SCOPE}"),
+        &format!(
+            "{DOMAIN_SELECT} WHERE ($1::uuid IS NULL OR d.tenant_id = $1) AND $2::uuid IS NULL \
+             ORDER BY d.domain LIMIT $3 OFFSET $4"
+        ),
+        (caller.tenant_filter(), None),
+        page,
     )
-    .bind(caller.tenant_filter())
-    .fetch_one(&state.pool)
-    .await?;
-    let items: Vec<DomainRow> = sqlx::query_as(&format!(
-        "{DOMAIN_SELECT} WHERE ($1::uuid IS NULL OR d.tenant_id = $1) ORDER BY d.domain LIMIT $2 OFFSET $3"
-    ))
-    .bind(caller.tenant_filter())
-    .bind(page.per_page)
-    .bind(page.offset())
-    .fetch_all(&state.pool)
-    .await?;
-    Ok(Json(Paged::new(items, page, total)))
+    .await
 }
 
 /// What `GET /api/domains/{domain}` answers (documentation only: the handler adds `records` to
