@@ -15,7 +15,7 @@ use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::values::DomainName;
 use sha2::{Digest, Sha256};
 
-use super::ssh::{check_remote_dir, Output, ProvisionerConfigError, SshTarget};
+use super::ssh::{check_remote_dir, check_server_name, Output, ProvisionerConfigError, SshTarget};
 use super::{ProvisionError, ProvisionRequest, Provisioner};
 use crate::config::{Env, Lookup};
 
@@ -98,19 +98,6 @@ impl HostingConfig {
             create_system_users,
             server_name,
         })
-    }
-}
-
-fn check_server_name(name: &str) -> Result<(), String> {
-    let plain = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if plain {
-        Ok(())
-    } else {
-        Err("must be 1-64 letters, digits, '.', '_' or '-'".into())
     }
 }
 

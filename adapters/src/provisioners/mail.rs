@@ -31,7 +31,7 @@ use rand::rngs::OsRng;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::ssh::{check_remote_dir, Output, ProvisionerConfigError, SshTarget};
+use super::ssh::{check_remote_dir, check_server_name, Output, ProvisionerConfigError, SshTarget};
 use super::{ProvisionError, ProvisionRequest, Provisioner};
 use crate::config::{Env, Lookup};
 
@@ -127,19 +127,6 @@ impl MailConfig {
             vmail_uid: id("MAIL_VMAIL_UID")?,
             vmail_gid: id("MAIL_VMAIL_GID")?,
         })
-    }
-}
-
-fn check_server_name(name: &str) -> Result<(), String> {
-    let plain = !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-    if plain {
-        Ok(())
-    } else {
-        Err("must be 1-64 letters, digits, '.', '_' or '-'".into())
     }
 }
 

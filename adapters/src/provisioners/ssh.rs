@@ -497,6 +497,24 @@ fn run_blocking(
     })
 }
 
+/// Checks a server's display name (recorded in job outcomes and read models): 1–64 letters,
+/// digits, `.`, `_` or `-`, so it is safe in logs, JSON and file names alike.
+///
+/// # Errors
+/// The rule that failed.
+pub fn check_server_name(name: &str) -> Result<(), String> {
+    let plain = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+    if plain {
+        Ok(())
+    } else {
+        Err("must be 1-64 letters, digits, '.', '_' or '-'".into())
+    }
+}
+
 /// Checks that a remote directory given by an operator is safe to hand to our scripts: absolute,
 /// not `/`, and made only of `[A-Za-z0-9._/-]` (it also ends up in web server configuration,
 /// where spaces or quotes would need another layer of escaping).
