@@ -16,7 +16,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{admin_database_url, free_port, mpanel_bin, random_hex, with_database};
+use super::{free_port, mpanel_bin, random_hex, seeded_database};
 
 /// One database (migrated and seeded) and the environment every process of it shares.
 pub struct Cluster {
@@ -44,42 +44,7 @@ impl Cluster {
     /// # Panics
     /// When any step fails (this is test setup).
     pub async fn create(env: &[(&str, &str)]) -> Self {
-        let admin_url = admin_database_url();
-        let db = format!("mpanel_cl_{}", Uuid::new_v4().simple());
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&admin_url)
-            .await
-            .expect("connect admin db");
-        sqlx::query(&format!("CREATE DATABASE {db}"))
-            .execute(&admin)
-            .await
-            .expect("create database");
-        admin.close().await;
-        let database_url = with_database(&admin_url, &db);
-        let bin = mpanel_bin();
-        assert!(
-            bin.exists(),
-            "{} missing: cargo build -p mpanel",
-            bin.display()
-        );
-        let status = Command::new(&bin)
-            .arg("migrate")
-            .env("DATABASE_URL", &database_url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run migrate");
-        assert!(status.success(), "mpanel migrate failed");
-        let seeded = Command::new(&bin)
-            .args(["seed", "demo"])
-            .env("DATABASE_URL", &database_url)
-            .env("MPANEL_SEED_ADMIN_PASSWORD", random_hex(16))
-            .stderr(Stdio::null())
-            .output()
-            .expect("run seed");
-        assert!(seeded.status.success(), "mpanel seed demo failed");
-        let seeded: Value = serde_json::from_slice(&seeded.stdout).expect("seed prints JSON");
+        let (db, database_url, seeded) = seeded_database("mpanel_cl", &random_hex(16)).await;
         let webhook_secret = random_hex(32);
         let redis_prefix = format!("mpanel-test-{}", Uuid::new_v4().simple());
         let jwt_secret = random_hex(32);

@@ -55,6 +55,52 @@ fn random_hex(bytes: usize) -> String {
         .to_owned()
 }
 
+/// Creates a fresh database named `<prefix>_<uuid>`, migrates and seeds it with the real
+/// binary (`mpanel migrate`, `mpanel seed demo` with `admin_password`); returns its name, its URL
+/// and the seed's JSON output.
+///
+/// # Panics
+/// When any step fails (this is test setup).
+pub async fn seeded_database(prefix: &str, admin_password: &str) -> (String, String, Value) {
+    let admin_url = admin_database_url();
+    let db = format!("{prefix}_{}", Uuid::new_v4().simple());
+    let admin = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin_url)
+        .await
+        .expect("connect admin db");
+    sqlx::query(&format!("CREATE DATABASE {db}"))
+        .execute(&admin)
+        .await
+        .expect("create database");
+    admin.close().await;
+    let database_url = with_database(&admin_url, &db);
+    let bin = mpanel_bin();
+    assert!(
+        bin.exists(),
+        "{} missing: run `cargo build -p mpanel` (scripts/test.sh does)",
+        bin.display()
+    );
+    let status = Command::new(&bin)
+        .arg("migrate")
+        .env("DATABASE_URL", &database_url)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run migrate");
+    assert!(status.success(), "mpanel migrate failed");
+    let seeded = Command::new(&bin)
+        .args(["seed", "demo"])
+        .env("DATABASE_URL", &database_url)
+        .env("MPANEL_SEED_ADMIN_PASSWORD", admin_password)
+        .stderr(Stdio::null())
+        .output()
+        .expect("run seed");
+    assert!(seeded.status.success(), "mpanel seed demo failed");
+    let seeded: Value = serde_json::from_slice(&seeded.stdout).expect("seed prints JSON");
+    (db, database_url, seeded)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -110,47 +156,12 @@ impl TestApp {
     /// # Panics
     /// When any step fails (this is test setup).
     pub async fn spawn_with(env: &[(&str, &str)]) -> Self {
-        let admin_url = admin_database_url();
-        let db = format!("mpanel_bb_{}", Uuid::new_v4().simple());
-        let admin = PgPoolOptions::new()
-            .max_connections(1)
-            .connect(&admin_url)
-            .await
-            .expect("connect admin db");
-        sqlx::query(&format!("CREATE DATABASE {db}"))
-            .execute(&admin)
-            .await
-            .expect("create database");
-        admin.close().await;
-        let database_url = with_database(&admin_url, &db);
         let webhook_secret = random_hex(32);
         let jwt_secret = random_hex(32);
         let stripe_secret = format!("whsec_{}", random_hex(24));
         let admin_password = random_hex(16);
+        let (db, database_url, seeded) = seeded_database("mpanel_bb", &admin_password).await;
         let bin = mpanel_bin();
-        assert!(
-            bin.exists(),
-            "{} missing: run `cargo build -p mpanel` (scripts/test.sh does)",
-            bin.display()
-        );
-
-        let status = Command::new(&bin)
-            .arg("migrate")
-            .env("DATABASE_URL", &database_url)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .expect("run migrate");
-        assert!(status.success(), "mpanel migrate failed");
-        let seeded = Command::new(&bin)
-            .args(["seed", "demo"])
-            .env("DATABASE_URL", &database_url)
-            .env("MPANEL_SEED_ADMIN_PASSWORD", &admin_password)
-            .stderr(Stdio::null())
-            .output()
-            .expect("run seed");
-        assert!(seeded.status.success(), "mpanel seed demo failed");
-        let seeded: Value = serde_json::from_slice(&seeded.stdout).expect("seed prints JSON");
         let uuid =
             |k: &str| Uuid::parse_str(seeded[k].as_str().expect("seed field")).expect("uuid");
 
