@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::json::{object, Fields};
+use super::json::{object, parse_uuid, Fields};
 use super::openapi::{
     BadRequest, Conflict, Forbidden, InvalidParameter, NotFound, RateLimited, Unauthorized,
     Unavailable,
@@ -151,10 +151,6 @@ fn domain_error(e: BusError<ProductError>) -> ApiError {
         }
         other => ApiError::Unavailable(other.to_string()),
     }
-}
-
-fn parse_uuid(field: &str, raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::field(field, "must be a UUID"))
 }
 
 fn plan_field(

@@ -48,6 +48,14 @@ pub fn object(
     }
 }
 
+/// Parses a UUID from a path segment or field, naming `field` when it is not one.
+///
+/// # Errors
+/// A 422 for `field`.
+pub fn parse_uuid(field: &str, raw: &str) -> Result<uuid::Uuid, ApiError> {
+    uuid::Uuid::parse_str(raw).map_err(|_| ApiError::field(field, "must be a UUID"))
+}
+
 /// Collects field errors while parsing a body, so a client sees all of them at once.
 #[derive(Default)]
 pub struct Fields {

@@ -20,6 +20,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::as_of::{self, AtQuery, OrderAsOf, SubscriptionAsOf};
+use super::json::parse_uuid;
 use super::openapi::{
     Conflict, Forbidden, InvalidParameter, NotFound, RateLimited, Unauthorized, Unavailable,
 };
@@ -34,10 +35,6 @@ use crate::metadata::EventMetadata;
 const STAFF_READ: &[Role] = &[Role::Admin, Role::Support, Role::Auditor];
 /// Roles that may read orders and subscriptions (customers: their own).
 const ORDER_READ: &[Role] = &[Role::Admin, Role::Support, Role::Auditor, Role::Customer];
-
-fn parse_id(raw: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(raw).map_err(|_| ApiError::field("id", "must be a UUID"))
-}
 
 /// For a customer, the customer id their orders carry; `None` for staff.
 async fn own_customer(pool: &PgPool, caller: &Caller) -> Result<Option<Uuid>, ApiError> {
@@ -297,7 +294,7 @@ pub async fn get_order(
     Query(at): Query<AtQuery>,
 ) -> Result<Json<OrderView>, ApiError> {
     caller.require(ORDER_READ)?;
-    let id = parse_id(&id)?;
+    let id = parse_uuid("id", &id)?;
     if let Some(at) = at.position()? {
         let (order, subscription) = as_of::order(&state.pool, id, at)
             .await?
@@ -380,7 +377,7 @@ pub async fn order_events(
     Path(id): Path<String>,
 ) -> Result<Json<Vec<HistoryEvent>>, ApiError> {
     caller.require(STAFF_READ)?;
-    let order = visible_order(&state, &caller, parse_id(&id)?).await?;
+    let order = visible_order(&state, &caller, parse_uuid("id", &id)?).await?;
     let mut aggregates = vec![order.id.to_string(), order.subscription_id.to_string()];
     let jobs: Vec<Uuid> = sqlx::query_scalar("SELECT id FROM jobs WHERE order_id = $1")
         .bind(order.id)
@@ -458,7 +455,7 @@ pub async fn get_subscription(
     Query(at): Query<AtQuery>,
 ) -> Result<Json<SubscriptionView>, ApiError> {
     caller.require(ORDER_READ)?;
-    let id = parse_id(&id)?;
+    let id = parse_uuid("id", &id)?;
     let (row, as_of) = match at.position()? {
         Some(at) => (
             as_of::subscription(&state.pool, id, at)
@@ -560,7 +557,9 @@ pub async fn get_job(
     Path(id): Path<String>,
 ) -> Result<Json<JobRow>, ApiError> {
     caller.require(STAFF_READ)?;
-    Ok(Json(visible_job(&state, &caller, parse_id(&id)?).await?))
+    Ok(Json(
+        visible_job(&state, &caller, parse_uuid("id", &id)?).await?,
+    ))
 }
 
 /// What `POST /api/jobs/{id}/retry` answers (documentation only: the handler builds it as JSON).
@@ -599,7 +598,7 @@ pub async fn retry_job(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     caller.require(&[Role::Admin, Role::Support])?;
-    let job = visible_job(&state, &caller, parse_id(&id)?).await?;
+    let job = visible_job(&state, &caller, parse_uuid("id", &id)?).await?;
     let actor = caller.user_id.to_string();
     let command = JobCommand::Retry {
         requested_by: actor.clone(),
@@ -703,7 +702,7 @@ pub async fn get_customer(
     let row: CustomerRow = sqlx::query_as(
         "SELECT id, tenant_id, email, first_order_id, orders_count, created_at FROM customers WHERE id = $1",
     )
-    .bind(parse_id(&id)?)
+    .bind(parse_uuid("id", &id)?)
     .fetch_optional(&state.pool)
     .await?
     .ok_or(ApiError::NotFound("no such customer"))?;
