@@ -36,7 +36,7 @@ async fn sealed_everything(app: &TestApp) {
 
 #[tokio::test]
 async fn the_log_verifies_exports_and_replays_into_identical_read_models() {
-    let app = TestApp::spawn_with(&[
+    let mut app = TestApp::spawn_with(&[
         ("POWERDNS_API_URL", "http://127.0.0.1:1"),
         ("JOB_MAX_ATTEMPTS", "1"),
     ])
@@ -62,7 +62,32 @@ async fn the_log_verifies_exports_and_replays_into_identical_read_models() {
         (total == 3 && open == 0).then_some(())
     })
     .await;
+    // The failed DNS step does not stop the hosting and mail jobs already scheduled; wait for
+    // every job to finish, every subscriber to catch up and the sealer to seal the last event,
+    // then stop the server so the log under test no longer moves.
+    app.eventually(60, "every job finished", || async {
+        let open: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM jobs WHERE status NOT IN ('SUCCEEDED', 'DEAD_LETTERED')",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+        (open == 0).then_some(())
+    })
+    .await;
+    app.eventually(30, "every subscriber caught up", || async {
+        let status = run(&app.database_url, &["projections", "status"]);
+        let status: Value = serde_json::from_slice(&status.stdout).ok()?;
+        status
+            .as_array()?
+            .iter()
+            .all(|s| s["lagEvents"] == 0)
+            .then_some(())
+    })
+    .await;
+    sealed_everything(&app).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
+    app.kill();
     sealed_everything(&app).await;
 
     let verified = run(&app.database_url, &["events", "verify"]);
