@@ -259,6 +259,7 @@ impl Worker {
                     subscription_id: spec.subscription_id,
                     step: spec.step,
                     domain,
+                    action: spec.action,
                 };
                 let budget = self.config.lease.saturating_sub(self.config.lease / 10);
                 attempt_started = std::time::Instant::now();

@@ -9,7 +9,7 @@ use std::process::Command;
 
 use mpanel_adapters::provisioners::dns::{PowerDnsConfig, PowerDnsProvisioner};
 use mpanel_adapters::provisioners::{ProvisionError, ProvisionRequest, Provisioner};
-use mpanel_domain::job::{DnsRecord, StepOutcome};
+use mpanel_domain::job::{DnsRecord, JobAction, StepOutcome};
 use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::values::DomainName;
 use serde_json::{json, Value};
@@ -89,6 +89,7 @@ fn request(domain: &DomainName) -> ProvisionRequest {
         subscription_id: Uuid::new_v4(),
         step: ProvisioningStep::Dns,
         domain: domain.clone(),
+        action: JobAction::Provision,
     }
 }
 

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use mpanel_adapters::provisioners::hosting::{HostingConfig, SshHostingProvisioner, SystemUser};
 use mpanel_adapters::provisioners::ssh::{SshError, SshTarget};
 use mpanel_adapters::provisioners::{ProvisionError, ProvisionRequest, Provisioner};
-use mpanel_domain::job::StepOutcome;
+use mpanel_domain::job::{JobAction, StepOutcome};
 use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::values::DomainName;
 use uuid::Uuid;
@@ -71,6 +71,7 @@ impl Fixture {
             subscription_id: Uuid::new_v4(),
             step: ProvisioningStep::Hosting,
             domain: self.domain.clone(),
+            action: JobAction::Provision,
         }
     }
 

@@ -20,7 +20,7 @@ use mpanel_adapters::provisioners::mail::{
     LocalPart, MailConfig, MailboxStatus, SshMailProvisioner, SCRIPT,
 };
 use mpanel_adapters::provisioners::{ProvisionError, ProvisionRequest, Provisioner};
-use mpanel_domain::job::StepOutcome;
+use mpanel_domain::job::{JobAction, StepOutcome};
 use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::values::DomainName;
 use secrecy::SecretString;
@@ -99,6 +99,7 @@ impl Fixture {
             subscription_id: Uuid::new_v4(),
             step: ProvisioningStep::Mail,
             domain: self.domain.clone(),
+            action: JobAction::Provision,
         }
     }
 

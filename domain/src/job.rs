@@ -59,6 +59,70 @@ pub struct DnsRecord {
     pub contents: Vec<String>,
 }
 
+/// What a job does to its step's resource on the server.
+///
+/// The create flow and re-provisioning use [`JobAction::Provision`]; the lifecycle operations
+/// of a subscription (suspend, unsuspend, terminate) the others. Events written before
+/// lifecycle operations existed carry no action and mean `Provision`, which is therefore
+/// never written out (the stored JSON of a provisioning job is unchanged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobAction {
+    /// Create the resource, or repair it to the desired state.
+    #[default]
+    Provision,
+    /// Take the resource out of service and keep its data (site placeholder, mail login off).
+    Suspend,
+    /// Put a suspended resource back in service.
+    Unsuspend,
+    /// Remove the resource; data (web root, Maildir) is archived, not deleted.
+    Terminate,
+}
+
+impl JobAction {
+    /// The stable name used in the API, read models and logs.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Provision => "PROVISION",
+            Self::Suspend => "SUSPEND",
+            Self::Unsuspend => "UNSUSPEND",
+            Self::Terminate => "TERMINATE",
+        }
+    }
+
+    /// Whether this action has work to do for `step`. A zone is neither suspended nor
+    /// unsuspended (the name keeps resolving to the web server, which serves the placeholder);
+    /// every other combination has a job.
+    #[must_use]
+    pub fn applies_to(self, step: ProvisioningStep) -> bool {
+        !matches!(
+            (self, step),
+            (Self::Suspend | Self::Unsuspend, ProvisioningStep::Dns)
+        )
+    }
+
+    /// For `skip_serializing_if`: the default is not written out.
+    #[must_use]
+    pub fn is_provision(&self) -> bool {
+        *self == Self::Provision
+    }
+}
+
+impl std::fmt::Display for JobAction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// For `skip_serializing_if` on generation fields: generation 0 (the order's own provisioning)
+/// is not written out, so events from before lifecycle operations keep their stored shape.
+#[must_use]
+#[allow(clippy::trivially_copy_pass_by_ref)]
+pub fn is_first_generation(generation: &u32) -> bool {
+    *generation == 0
+}
+
 /// What a successful step produced; the read models of domains, zones, hosting and mail
 /// accounts are built from these.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +158,20 @@ pub enum StepOutcome {
         /// Its Maildir.
         maildir: String,
     },
+    /// A lifecycle action (suspend, unsuspend, terminate) converged on the server.
+    #[serde(rename_all = "camelCase")]
+    Changed {
+        /// What was done.
+        action: JobAction,
+        /// The server it was done on.
+        server: String,
+        /// What it was done to: the zone (with trailing dot), the web root, or the mailbox
+        /// address.
+        target: String,
+        /// Where a termination moved the data (web root or Maildir archive); `None` when
+        /// there was nothing left to archive or the action keeps data in place.
+        archived: Option<String>,
+    },
 }
 
 /// What a job is for (the payload of [`JobEvent::JobScheduled`]).
@@ -114,6 +192,13 @@ pub struct ScheduleJob {
     pub max_attempts: u32,
     /// When the first attempt is due.
     pub due_at: DateTime<Utc>,
+    /// What the job does (absent in stored events: provision).
+    #[serde(default, skip_serializing_if = "JobAction::is_provision")]
+    pub action: JobAction,
+    /// The subscription's operation this job belongs to: 0 for the order's provisioning, then
+    /// one more per lifecycle operation (absent in stored events: 0).
+    #[serde(default, skip_serializing_if = "is_first_generation")]
+    pub generation: u32,
 }
 
 /// Commands on a job.
@@ -534,6 +619,8 @@ mod tests {
             domain: Some(DomainName::parse("example.com").expect("valid")),
             max_attempts,
             due_at: at(0),
+            action: JobAction::Provision,
+            generation: 0,
         }
     }
     fn scheduled(max_attempts: u32) -> JobEvent {

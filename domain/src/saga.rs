@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use uuid::Uuid;
 
 use crate::ids;
-use crate::job::{JobCommand, JobEvent, ScheduleJob};
+use crate::job::{JobAction, JobCommand, JobEvent, ScheduleJob};
 use crate::order::{OrderCommand, OrderEvent};
 use crate::subscription::{SubscriptionCommand, SubscriptionEvent};
 
@@ -93,6 +93,8 @@ pub fn react(
                         domain: domain.clone(),
                         max_attempts: policy.max_attempts,
                         due_at: recorded_at,
+                        action: JobAction::Provision,
+                        generation: 0,
                     }),
                 )
             })

@@ -247,6 +247,7 @@ mod tests {
             subscription_id: Uuid::new_v4(),
             step: ProvisioningStep::Hosting,
             domain: DomainName::parse("shop.example.com").expect("domain"),
+            action: mpanel_domain::job::JobAction::Provision,
         };
         let first = p.provision(&request).await.expect("succeeds");
         assert_eq!(p.provision(&request).await.expect("again"), first);

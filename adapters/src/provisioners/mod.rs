@@ -7,7 +7,7 @@
 //! ([`DomainName`]), validated at the edge.
 
 use async_trait::async_trait;
-use mpanel_domain::job::StepOutcome;
+use mpanel_domain::job::{JobAction, StepOutcome};
 use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::values::DomainName;
 use uuid::Uuid;
@@ -23,6 +23,10 @@ pub struct ProvisionRequest {
     pub step: ProvisioningStep,
     /// The customer's domain.
     pub domain: DomainName,
+    /// What to do: provision (converge to existing and in service), suspend (out of service,
+    /// data kept), unsuspend (back in service) or terminate (removed, data archived). Every
+    /// action converges: running it again after a success, or after a crash half-way, succeeds.
+    pub action: JobAction,
 }
 
 /// Why a provisioning attempt failed. The message is what operators see in the job's events,
@@ -40,7 +44,8 @@ pub enum ProvisionError {
 /// One step's provisioner.
 #[async_trait]
 pub trait Provisioner: Send + Sync {
-    /// Makes the request's desired state real, or repairs it, and reports what now exists.
+    /// Makes the request's desired state real (per its [`JobAction`]), or repairs it, and
+    /// reports what now exists ([`StepOutcome::Changed`] for the lifecycle actions).
     ///
     /// # Errors
     /// [`ProvisionError`] with a secret-free message.

@@ -11,7 +11,7 @@ use chrono::{Duration, Utc};
 use clap::Parser;
 use cqrs_es::DomainEvent;
 use mpanel_domain::ids;
-use mpanel_domain::job::{DnsRecord, JobEvent, ScheduleJob, StepOutcome};
+use mpanel_domain::job::{DnsRecord, JobAction, JobEvent, ScheduleJob, StepOutcome};
 use mpanel_domain::order::{BillingInterval, OrderEvent, PlaceOrder, PriceSnapshot};
 use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::subscription::SubscriptionEvent;
@@ -154,6 +154,8 @@ fn rows_for(order_no: u64, price: Uuid, product: Uuid, tenant: &TenantSlug) -> R
                 domain: Some(domain.clone()),
                 max_attempts: 5,
                 due_at: now,
+                action: JobAction::Provision,
+                generation: 0,
             }),
             JobEvent::JobStarted {
                 attempt: 1,

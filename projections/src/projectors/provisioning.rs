@@ -169,6 +169,7 @@ async fn apply_outcome(
             .execute(&mut *tx)
             .await?;
         }
+        StepOutcome::Changed { .. } => {}
     }
     Ok(())
 }

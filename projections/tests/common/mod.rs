@@ -4,7 +4,7 @@
 
 use chrono::{DateTime, TimeZone, Utc};
 use mpanel_domain::ids;
-use mpanel_domain::job::{DnsRecord, JobEvent, ScheduleJob, StepOutcome};
+use mpanel_domain::job::{DnsRecord, JobAction, JobEvent, ScheduleJob, StepOutcome};
 use mpanel_domain::order::{BillingInterval, OrderEvent, PlaceOrder, PriceSnapshot};
 use mpanel_domain::product::{AddPrice, CreateProduct, ProductEvent};
 use mpanel_domain::subscription::SubscriptionEvent;
@@ -218,6 +218,8 @@ pub async fn seed_tenant(pool: &PgPool, slug: &str, payment: &str, domain: &str)
                     domain: Some(domain.clone()),
                     max_attempts: 5,
                     due_at: at(4),
+                    action: JobAction::Provision,
+                    generation: 0,
                 }),
             )],
             "saga",
