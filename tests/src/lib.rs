@@ -7,7 +7,10 @@
 //! `DATABASE_URL` and the rest.
 
 pub mod cluster;
+pub mod faults;
+pub mod private;
 pub mod proxy;
+pub mod reliability;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -62,7 +65,20 @@ fn random_hex(bytes: usize) -> String {
 /// # Panics
 /// When any step fails (this is test setup).
 pub async fn seeded_database(prefix: &str, admin_password: &str) -> (String, String, Value) {
-    let admin_url = admin_database_url();
+    seeded_database_on(&admin_database_url(), prefix, admin_password).await
+}
+
+/// [`seeded_database`] on the Postgres server `admin_url` points at (a private server that a
+/// fault test may restart, say) instead of the stack's.
+///
+/// # Panics
+/// When any step fails (this is test setup).
+pub async fn seeded_database_on(
+    admin_url: &str,
+    prefix: &str,
+    admin_password: &str,
+) -> (String, String, Value) {
+    let admin_url = admin_url.to_owned();
     let db = format!("{prefix}_{}", Uuid::new_v4().simple());
     let admin = PgPoolOptions::new()
         .max_connections(1)
@@ -156,11 +172,21 @@ impl TestApp {
     /// # Panics
     /// When any step fails (this is test setup).
     pub async fn spawn_with(env: &[(&str, &str)]) -> Self {
+        Self::spawn_on(&admin_database_url(), env).await
+    }
+
+    /// Like [`TestApp::spawn_with`], with the app's database on the Postgres server `admin_url`
+    /// points at — a private one the test may stop and start without disturbing other tests.
+    ///
+    /// # Panics
+    /// When any step fails (this is test setup).
+    pub async fn spawn_on(admin_url: &str, env: &[(&str, &str)]) -> Self {
         let webhook_secret = random_hex(32);
         let jwt_secret = random_hex(32);
         let stripe_secret = format!("whsec_{}", random_hex(24));
         let admin_password = random_hex(16);
-        let (db, database_url, seeded) = seeded_database("mpanel_bb", &admin_password).await;
+        let (db, database_url, seeded) =
+            seeded_database_on(admin_url, "mpanel_bb", &admin_password).await;
         let bin = mpanel_bin();
         let uuid =
             |k: &str| Uuid::parse_str(seeded[k].as_str().expect("seed field")).expect("uuid");
