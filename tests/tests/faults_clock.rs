@@ -1,0 +1,173 @@
+//! Fault tier (issue #9): a clock jump. Job backoff is computed from times stored in the job's
+//! events (`retryAt`, lease expiries), so a worker whose clock jumped a year ahead writes a retry
+//! time a year away. That must stay sane: the job is not run early nor spun on, it shows its
+//! far-off next run to operators, an operator retry makes it due at once by the real clock, and
+//! the attempts the app's own workers record keep backoffs within the configured cap.
+
+use std::time::Duration;
+
+use chrono::Utc;
+use mpanel_adapters::bus::CommandBus;
+use mpanel_adapters::metadata::EventMetadata;
+use mpanel_domain::job::JobCommand;
+use mpanel_tests::faults::{settle, unique_domain, Delivery};
+use mpanel_tests::proxy::TcpProxy;
+use mpanel_tests::reliability;
+use mpanel_tests::TestApp;
+use serde_json::Value;
+use uuid::Uuid;
+
+fn env(var: &str) -> String {
+    std::env::var(var)
+        .unwrap_or_else(|_| panic!("{var} must be set; run the suite with scripts/test.sh"))
+}
+
+async fn job_events(app: &TestApp, job: Uuid, event_type: &str) -> Vec<Value> {
+    sqlx::query_scalar(
+        "SELECT payload->$2 FROM events WHERE aggregate_type = 'Job' AND aggregate_id = $1 \
+         AND event_type = $2 ORDER BY sequence",
+    )
+    .bind(job.to_string())
+    .bind(event_type)
+    .fetch_all(&app.pool)
+    .await
+    .expect("job events")
+}
+
+fn time(v: &Value, field: &str) -> chrono::DateTime<Utc> {
+    v[field]
+        .as_str()
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .unwrap_or_else(|| panic!("{field} in {v}"))
+        .with_timezone(&Utc)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_time_a_year_ahead_stays_sane_and_an_operator_retry_runs_it_now() {
+    // PowerDNS "down" behind a proxy, so the DNS job keeps failing and retrying.
+    let pdns = env("POWERDNS_API_URL");
+    let proxy = TcpProxy::new(pdns.trim_start_matches("http://").trim_end_matches('/'));
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let app = TestApp::spawn_with(&[
+        ("POWERDNS_API_URL", url.as_str()),
+        ("JOB_MAX_ATTEMPTS", "50"),
+        ("JOB_BACKOFF_BASE_MS", "200"),
+        ("JOB_BACKOFF_CAP_MS", "400"),
+    ])
+    .await;
+    let payment = format!("pi_clock_{}", Uuid::new_v4().simple());
+    let domain = unique_domain();
+    let r = app
+        .post_order(&app.order_body(&payment, "owner@example.com", &domain))
+        .await;
+    assert_eq!(r.status().as_u16(), 201);
+    let body: Value = r.json().await.expect("body");
+    let job = Uuid::parse_str(body["jobIds"][0].as_str().expect("dns job")).expect("uuid");
+    app.eventually(60, "the DNS job failing while PowerDNS is down", || async {
+        (!job_events(&app, job, "JobAttemptFailed").await.is_empty()).then_some(())
+    })
+    .await;
+
+    // A worker whose clock jumped a year ahead takes the job (its "now" is past every lease)
+    // and records a failure with a retry time computed from its own clock.
+    let bus = CommandBus::new(&app.pool);
+    let skewed = EventMetadata::new("worker");
+    let ahead = Utc::now() + chrono::Duration::days(365);
+    let lease_id = Uuid::new_v4();
+    let start = JobCommand::Start {
+        lease_id,
+        worker: "skewed-clock".into(),
+        lease_until: ahead + chrono::Duration::seconds(60),
+        at: ahead,
+    };
+    bus.jobs
+        .execute(job, start, &skewed)
+        .await
+        .expect("the skewed worker takes the job");
+    let fail = JobCommand::FailAttempt {
+        lease_id,
+        error: "transient: PowerDNS unreachable".into(),
+        retry_at: ahead + chrono::Duration::seconds(2),
+        at: ahead,
+    };
+    bus.jobs
+        .execute(job, fail, &skewed)
+        .await
+        .expect("the skewed worker records its failure");
+
+    // Operators see the job waiting, with its next run a year away.
+    let (status, due_at): (String, chrono::DateTime<Utc>) = app
+        .eventually(30, "the job's far-off retry in the read model", || async {
+            sqlx::query_as::<_, (String, Option<chrono::DateTime<Utc>>)>(
+                "SELECT status, due_at FROM jobs WHERE id = $1",
+            )
+            .bind(job)
+            .fetch_optional(&app.pool)
+            .await
+            .ok()
+            .flatten()
+            .and_then(|(s, d)| Some((s, d?)))
+            .filter(|(_, d)| *d > Utc::now() + chrono::Duration::days(300))
+        })
+        .await;
+    assert_eq!(status, "RETRY_WAITING");
+    assert!(due_at > Utc::now() + chrono::Duration::days(300));
+
+    // PowerDNS is back, yet the job is neither run early nor spun on: over ten sweeps (200 ms
+    // each) no worker starts it. Asserting an absence needs a window; this is it.
+    proxy.up().await;
+    let started = job_events(&app, job, "JobStarted").await.len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(job_events(&app, job, "JobStarted").await.len(), started);
+
+    // The operator retries: due now by the real clock, it runs and the subscription activates.
+    let out = app.cli(&["jobs", "retry", &job.to_string()]);
+    assert!(out.contains("\"series\":1"), "{out}");
+    let tally = settle(
+        &app,
+        &[Delivery {
+            payment,
+            domain: domain.clone(),
+            status: Some(201),
+            content_type: None,
+            problem_type: None,
+        }],
+        120,
+    )
+    .await;
+
+    // The success is stamped with the real clock, and every attempt the app's own workers
+    // recorded backed off within the configured cap (400 ms, +20 % jitter), from its own time.
+    let succeeded = job_events(&app, job, "JobSucceeded").await;
+    assert_eq!(succeeded.len(), 1);
+    let at = time(&succeeded[0], "succeededAt");
+    assert!((Utc::now() - at).num_minutes().abs() < 10, "stamped {at}");
+    let failures = job_events(&app, job, "JobAttemptFailed").await;
+    let own: Vec<&Value> = failures
+        .iter()
+        .filter(|f| time(f, "failedAt") < Utc::now() + chrono::Duration::days(1))
+        .collect();
+    assert!(!own.is_empty());
+    for f in own {
+        if f["retryAt"].is_null() {
+            continue;
+        }
+        let backoff = time(f, "retryAt") - time(f, "failedAt");
+        assert!(
+            backoff >= chrono::Duration::zero() && backoff <= chrono::Duration::milliseconds(480),
+            "backoff {backoff} in {f}"
+        );
+    }
+    let _ = reqwest::Client::new()
+        .delete(format!("{pdns}/api/v1/servers/localhost/zones/{domain}."))
+        .header("X-API-Key", env("POWERDNS_API_KEY"))
+        .send()
+        .await;
+    reliability::fault(
+        "Clock jump: a worker a year ahead stores a retry time a year away; the job waits \
+         visibly without spinning, an operator retry runs it by the real clock",
+        file!(),
+        "a_retry_time_a_year_ahead_stays_sane_and_an_operator_retry_runs_it_now",
+        tally,
+    );
+}
