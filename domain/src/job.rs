@@ -29,6 +29,8 @@ pub enum JobStatus {
     Succeeded,
     /// Gave up after the series' last attempt; needs an operator retry.
     DeadLettered,
+    /// A newer operation of its subscription superseded it; it will not run (again).
+    Cancelled,
 }
 
 impl JobStatus {
@@ -41,6 +43,7 @@ impl JobStatus {
             Self::RetryWaiting => "RETRY_WAITING",
             Self::Succeeded => "SUCCEEDED",
             Self::DeadLettered => "DEAD_LETTERED",
+            Self::Cancelled => "CANCELLED",
         }
     }
 }
@@ -65,7 +68,9 @@ pub struct DnsRecord {
 /// of a subscription (suspend, unsuspend, terminate) the others. Events written before
 /// lifecycle operations existed carry no action and mean `Provision`, which is therefore
 /// never written out (the stored JSON of a provisioning job is unchanged).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum JobAction {
     /// Create the resource, or repair it to the desired state.
@@ -237,6 +242,14 @@ pub enum JobCommand {
         /// Now.
         at: DateTime<Utc>,
     },
+    /// A newer operation of the subscription superseded this job: it must not start again. A
+    /// running attempt finishes (its outcome is recorded) but is not retried.
+    Cancel {
+        /// Why, for the log.
+        reason: String,
+        /// Now.
+        at: DateTime<Utc>,
+    },
     /// An operator starts a new attempt series.
     Retry {
         /// Who asked.
@@ -272,6 +285,12 @@ pub enum JobEvent {
         subscription_id: Uuid,
         /// The step.
         step: ProvisioningStep,
+        /// What the job did (absent in stored events: provision).
+        #[serde(default, skip_serializing_if = "JobAction::is_provision")]
+        action: JobAction,
+        /// The subscription's operation (absent in stored events: 0).
+        #[serde(default, skip_serializing_if = "is_first_generation")]
+        generation: u32,
         /// Which attempt.
         attempt: u32,
         /// What it produced.
@@ -298,6 +317,12 @@ pub enum JobEvent {
         subscription_id: Uuid,
         /// The step.
         step: ProvisioningStep,
+        /// What the job did (absent in stored events: provision).
+        #[serde(default, skip_serializing_if = "JobAction::is_provision")]
+        action: JobAction,
+        /// The subscription's operation (absent in stored events: 0).
+        #[serde(default, skip_serializing_if = "is_first_generation")]
+        generation: u32,
         /// The series that gave up.
         series: u32,
         /// Attempts made in it.
@@ -306,6 +331,16 @@ pub enum JobEvent {
         last_error: String,
         /// When.
         dead_lettered_at: DateTime<Utc>,
+    },
+    /// A newer operation superseded the job; it will not be started or retried again.
+    #[serde(rename_all = "camelCase")]
+    JobCancelled {
+        /// Why.
+        reason: String,
+        /// Whether an attempt was running (its outcome will still be recorded).
+        while_running: bool,
+        /// When.
+        cancelled_at: DateTime<Utc>,
     },
     /// An operator started a new series.
     #[serde(rename_all = "camelCase")]
@@ -328,6 +363,7 @@ impl DomainEvent for JobEvent {
             Self::JobAttemptFailed { .. } => "JobAttemptFailed",
             Self::JobDeadLettered { .. } => "JobDeadLettered",
             Self::JobRetryRequested { .. } => "JobRetryRequested",
+            Self::JobCancelled { .. } => "JobCancelled",
         }
         .into()
     }
@@ -369,6 +405,9 @@ pub enum JobError {
     /// The lease would end before it starts.
     #[error("lease must end after it starts")]
     EmptyLease,
+    /// A newer operation of the subscription cancelled the job.
+    #[error("job was cancelled")]
+    Cancelled,
 }
 
 /// The job's state, folded from its events.
@@ -381,6 +420,8 @@ pub struct Job {
     due_at: Option<DateTime<Utc>>,
     lease: Option<(Uuid, DateTime<Utc>)>,
     last_error: Option<String>,
+    #[serde(default)]
+    cancelled: bool,
 }
 
 impl Job {
@@ -408,6 +449,12 @@ impl Job {
         self.series
     }
 
+    /// Until when the current attempt's lease holds (`None` when no attempt runs).
+    #[must_use]
+    pub fn lease_expires_at(&self) -> Option<DateTime<Utc>> {
+        self.lease.map(|(_, expires)| expires)
+    }
+
     fn spec(&self) -> Result<&ScheduleJob, JobError> {
         self.spec.as_ref().ok_or(JobError::NotScheduled)
     }
@@ -429,7 +476,9 @@ impl Job {
                 match &self.spec {
                     Some(spec)
                         if spec.subscription_id == schedule.subscription_id
-                            && spec.step == schedule.step =>
+                            && spec.step == schedule.step
+                            && spec.action == schedule.action
+                            && spec.generation == schedule.generation =>
                     {
                         Ok(vec![])
                     }
@@ -446,6 +495,9 @@ impl Job {
                 self.spec()?;
                 if lease_until <= at {
                     return Err(JobError::EmptyLease);
+                }
+                if self.cancelled {
+                    return Err(JobError::Cancelled);
                 }
                 match self.status {
                     Some(JobStatus::Succeeded) => return Err(JobError::AlreadySucceeded),
@@ -483,6 +535,8 @@ impl Job {
                 Ok(vec![JobEvent::JobSucceeded {
                     subscription_id: spec.subscription_id,
                     step: spec.step,
+                    action: spec.action,
+                    generation: spec.generation,
                     attempt: self.attempt,
                     outcome,
                     succeeded_at: at,
@@ -496,6 +550,15 @@ impl Job {
             } => {
                 let spec = self.spec()?;
                 self.current_lease(lease_id)?;
+                if self.cancelled {
+                    // Superseded while it ran: the attempt is recorded, nothing follows it.
+                    return Ok(vec![JobEvent::JobAttemptFailed {
+                        attempt: self.attempt,
+                        error,
+                        failed_at: at,
+                        retry_at: None,
+                    }]);
+                }
                 if self.attempt >= spec.max_attempts {
                     Ok(vec![
                         JobEvent::JobAttemptFailed {
@@ -507,6 +570,8 @@ impl Job {
                         JobEvent::JobDeadLettered {
                             subscription_id: spec.subscription_id,
                             step: spec.step,
+                            action: spec.action,
+                            generation: spec.generation,
                             series: self.series,
                             attempts: self.attempt,
                             last_error: error,
@@ -522,8 +587,28 @@ impl Job {
                     }])
                 }
             }
+            JobCommand::Cancel { reason, at } => {
+                self.spec()?;
+                if self.cancelled {
+                    return Ok(vec![]);
+                }
+                if self.status == Some(JobStatus::Succeeded) {
+                    return Ok(vec![]);
+                }
+                // An attempt whose lease expired has no live worker to report its outcome.
+                let while_running = self.status == Some(JobStatus::Running)
+                    && self.lease.is_some_and(|(_, expires)| expires > at);
+                Ok(vec![JobEvent::JobCancelled {
+                    reason,
+                    while_running,
+                    cancelled_at: at,
+                }])
+            }
             JobCommand::Retry { requested_by, at } => {
                 self.spec()?;
+                if self.cancelled {
+                    return Err(JobError::Cancelled);
+                }
                 match self.status {
                     Some(JobStatus::Succeeded) => Err(JobError::AlreadySucceeded),
                     Some(JobStatus::Running) => Err(JobError::Running),
@@ -583,10 +668,21 @@ impl Aggregate for Job {
                 self.lease = None;
                 self.last_error = Some(error);
                 self.due_at = retry_at;
-                self.status = Some(JobStatus::RetryWaiting);
+                self.status = Some(if self.cancelled {
+                    JobStatus::Cancelled
+                } else {
+                    JobStatus::RetryWaiting
+                });
             }
             JobEvent::JobDeadLettered { .. } => {
                 self.status = Some(JobStatus::DeadLettered);
+            }
+            JobEvent::JobCancelled { while_running, .. } => {
+                self.cancelled = true;
+                if !while_running {
+                    self.due_at = None;
+                    self.status = Some(JobStatus::Cancelled);
+                }
             }
             JobEvent::JobRetryRequested { series, due_at, .. } => {
                 self.series = series;
@@ -739,6 +835,8 @@ mod tests {
             .then_expect_events(vec![JobEvent::JobSucceeded {
                 subscription_id: SUB,
                 step: ProvisioningStep::Dns,
+                action: JobAction::Provision,
+                generation: 0,
                 attempt: 1,
                 outcome: outcome(),
                 succeeded_at: at(5),
@@ -770,6 +868,8 @@ mod tests {
         let done = JobEvent::JobSucceeded {
             subscription_id: SUB,
             step: ProvisioningStep::Dns,
+            action: JobAction::Provision,
+            generation: 0,
             attempt: 1,
             outcome: outcome(),
             succeeded_at: at(5),
@@ -847,6 +947,8 @@ mod tests {
         let dead = JobEvent::JobDeadLettered {
             subscription_id: SUB,
             step: ProvisioningStep::Dns,
+            action: JobAction::Provision,
+            generation: 0,
             series: 0,
             attempts: 2,
             last_error: "timeout".into(),
@@ -877,6 +979,8 @@ mod tests {
         let dead = JobEvent::JobDeadLettered {
             subscription_id: SUB,
             step: ProvisioningStep::Dns,
+            action: JobAction::Provision,
+            generation: 0,
             series: 0,
             attempts: 1,
             last_error: "timeout".into(),
@@ -920,5 +1024,155 @@ mod tests {
                 at: at(5),
             })
             .then_expect_error(JobError::NotScheduled);
+    }
+
+    fn cancel(now: i64) -> JobCommand {
+        JobCommand::Cancel {
+            reason: "superseded by TERMINATE (generation 1)".into(),
+            at: at(now),
+        }
+    }
+    fn cancelled(while_running: bool, now: i64) -> JobEvent {
+        JobEvent::JobCancelled {
+            reason: "superseded by TERMINATE (generation 1)".into(),
+            while_running,
+            cancelled_at: at(now),
+        }
+    }
+
+    #[test]
+    fn a_cancelled_job_never_starts_nor_retries() {
+        Tester::with(())
+            .given(vec![scheduled(3)])
+            .when(cancel(1))
+            .then_expect_events(vec![cancelled(false, 1)]);
+        Tester::with(())
+            .given(vec![scheduled(3), cancelled(false, 1)])
+            .when(start(LEASE, 2))
+            .then_expect_error(JobError::Cancelled);
+        Tester::with(())
+            .given(vec![scheduled(3), cancelled(false, 1)])
+            .when(JobCommand::Retry {
+                requested_by: "ops".into(),
+                at: at(3),
+            })
+            .then_expect_error(JobError::Cancelled);
+        Tester::with(())
+            .given(vec![scheduled(3), cancelled(false, 1)])
+            .when(cancel(4))
+            .then_expect_events(vec![]);
+        let mut job = Job::default();
+        job.apply(scheduled(3));
+        job.apply(cancelled(false, 1));
+        assert_eq!(job.status(), Some(JobStatus::Cancelled));
+    }
+
+    #[test]
+    fn a_running_attempt_that_is_cancelled_records_its_outcome_but_is_not_retried() {
+        let given = vec![scheduled(3), started(1, LEASE, 1), cancelled(true, 2)];
+        Tester::with(())
+            .given(vec![scheduled(3), started(1, LEASE, 1)])
+            .when(cancel(2))
+            .then_expect_events(vec![cancelled(true, 2)]);
+        Tester::with(())
+            .given(given.clone())
+            .when(fail(LEASE))
+            .then_expect_events(vec![attempt_failed(1, false)]);
+        let mut job = Job::default();
+        for e in given.clone() {
+            job.apply(e);
+        }
+        assert_eq!(job.status(), Some(JobStatus::Running));
+        job.apply(attempt_failed(1, false));
+        assert_eq!(job.status(), Some(JobStatus::Cancelled));
+        Tester::with(())
+            .given(given)
+            .when(JobCommand::Succeed {
+                lease_id: LEASE,
+                outcome: outcome(),
+                at: at(5),
+            })
+            .then_expect_events(vec![JobEvent::JobSucceeded {
+                subscription_id: SUB,
+                step: ProvisioningStep::Dns,
+                action: JobAction::Provision,
+                generation: 0,
+                attempt: 1,
+                outcome: outcome(),
+                succeeded_at: at(5),
+            }]);
+    }
+
+    #[test]
+    fn cancelling_a_succeeded_job_is_a_no_op_and_an_expired_lease_is_not_running() {
+        Tester::with(())
+            .given(vec![
+                scheduled(3),
+                started(1, LEASE, 1),
+                JobEvent::JobSucceeded {
+                    subscription_id: SUB,
+                    step: ProvisioningStep::Dns,
+                    action: JobAction::Provision,
+                    generation: 0,
+                    attempt: 1,
+                    outcome: outcome(),
+                    succeeded_at: at(2),
+                },
+            ])
+            .when(cancel(3))
+            .then_expect_events(vec![]);
+        Tester::with(())
+            .given(vec![scheduled(3), started(1, LEASE, 1)])
+            .when(cancel(500))
+            .then_expect_events(vec![cancelled(false, 500)]);
+    }
+
+    #[test]
+    fn a_lifecycle_job_reports_its_action_and_generation() {
+        let terminate = ScheduleJob {
+            action: JobAction::Terminate,
+            generation: 2,
+            ..spec(3)
+        };
+        Tester::with(())
+            .given(vec![
+                JobEvent::JobScheduled(terminate.clone()),
+                started(1, LEASE, 1),
+            ])
+            .when(JobCommand::Succeed {
+                lease_id: LEASE,
+                outcome: outcome(),
+                at: at(5),
+            })
+            .then_expect_events(vec![JobEvent::JobSucceeded {
+                subscription_id: SUB,
+                step: ProvisioningStep::Dns,
+                action: JobAction::Terminate,
+                generation: 2,
+                attempt: 1,
+                outcome: outcome(),
+                succeeded_at: at(5),
+            }]);
+        Tester::with(())
+            .given(vec![JobEvent::JobScheduled(terminate)])
+            .when(JobCommand::Schedule(spec(3)))
+            .then_expect_error(JobError::ScheduledDifferently);
+    }
+
+    #[test]
+    fn events_of_provisioning_jobs_keep_their_stored_shape() {
+        let json = serde_json::to_value(scheduled(3)).expect("json");
+        assert!(json["JobScheduled"].get("action").is_none());
+        assert!(json["JobScheduled"].get("generation").is_none());
+        let old: JobEvent = serde_json::from_value(json).expect("read back");
+        assert_eq!(old, scheduled(3));
+        let terminate = JobEvent::JobScheduled(ScheduleJob {
+            action: JobAction::Terminate,
+            generation: 1,
+            ..spec(3)
+        });
+        let json = serde_json::to_value(&terminate).expect("json");
+        assert_eq!(json["JobScheduled"]["action"], "TERMINATE");
+        assert_eq!(json["JobScheduled"]["generation"], 1);
     }
 }

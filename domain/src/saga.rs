@@ -13,7 +13,7 @@ use uuid::Uuid;
 use crate::ids;
 use crate::job::{JobAction, JobCommand, JobEvent, ScheduleJob};
 use crate::order::{OrderCommand, OrderEvent};
-use crate::subscription::{SubscriptionCommand, SubscriptionEvent};
+use crate::subscription::{OperationRequest, SubscriptionCommand, SubscriptionEvent};
 
 /// Settings the saga's decisions depend on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +116,7 @@ pub fn react(
             JobEvent::JobSucceeded {
                 subscription_id,
                 step,
+                generation,
                 ..
             },
         ) => vec![SagaCommand::Subscription(
@@ -123,6 +124,7 @@ pub fn react(
             SubscriptionCommand::RecordStepSucceeded {
                 step: *step,
                 job_id,
+                generation: *generation,
                 at: recorded_at,
             },
         )],
@@ -131,6 +133,7 @@ pub fn react(
             JobEvent::JobDeadLettered {
                 subscription_id,
                 step,
+                generation,
                 series,
                 last_error,
                 ..
@@ -140,13 +143,69 @@ pub fn react(
             SubscriptionCommand::RecordStepFailed {
                 step: *step,
                 job_id,
+                generation: *generation,
                 series: *series,
                 error: last_error.clone(),
                 at: recorded_at,
             },
         )],
+        SagaEvent::Order(order_id, OrderEvent::OrderCancelled { reason, .. }) => {
+            vec![SagaCommand::Subscription(
+                ids::subscription_id(order_id),
+                SubscriptionCommand::Terminate {
+                    reason: format!("order cancelled: {reason}"),
+                    requested_by: format!("order/{order_id}"),
+                    at: recorded_at,
+                },
+            )]
+        }
+        SagaEvent::Subscription(subscription_id, event) => match event.operation_request() {
+            Some((action, request)) => {
+                operation_jobs(policy, subscription_id, action, request, recorded_at)
+            }
+            None => vec![],
+        },
         _ => vec![],
     }
+}
+
+/// The commands a lifecycle request leads to: first cancel the superseded jobs of the previous
+/// generation (so none of them starts again), then schedule one job per step of the new one.
+fn operation_jobs(
+    policy: SagaPolicy,
+    subscription_id: Uuid,
+    action: JobAction,
+    request: &OperationRequest,
+    recorded_at: DateTime<Utc>,
+) -> Vec<SagaCommand> {
+    let generation = request.generation;
+    let previous = generation.saturating_sub(1);
+    let cancels = request.superseded_steps.iter().map(|step| {
+        SagaCommand::Job(
+            ids::job_id(subscription_id, *step, previous),
+            JobCommand::Cancel {
+                reason: format!("superseded by {action} (generation {generation})"),
+                at: recorded_at,
+            },
+        )
+    });
+    let schedules = request.steps.iter().map(|step| {
+        SagaCommand::Job(
+            ids::job_id(subscription_id, *step, generation),
+            JobCommand::Schedule(ScheduleJob {
+                subscription_id,
+                order_id: request.order_id,
+                tenant_id: request.tenant_id,
+                step: *step,
+                domain: request.domain.clone(),
+                max_attempts: policy.max_attempts,
+                due_at: recorded_at,
+                action,
+                generation,
+            }),
+        )
+    });
+    cancels.chain(schedules).collect()
 }
 
 #[cfg(test)]
@@ -230,6 +289,8 @@ mod tests {
         let ok = JobEvent::JobSucceeded {
             subscription_id: sub,
             step: ProvisioningStep::Dns,
+            action: JobAction::Provision,
+            generation: 0,
             attempt: 1,
             outcome: crate::job::StepOutcome::Dns {
                 zone: "example.com.".into(),
@@ -244,6 +305,7 @@ mod tests {
                 SubscriptionCommand::RecordStepSucceeded {
                     step: ProvisioningStep::Dns,
                     job_id: job,
+                    generation: 0,
                     at: at(4)
                 }
             )]
@@ -251,6 +313,8 @@ mod tests {
         let dead = JobEvent::JobDeadLettered {
             subscription_id: sub,
             step: ProvisioningStep::Dns,
+            action: JobAction::Provision,
+            generation: 0,
             series: 2,
             attempts: 5,
             last_error: "refused".into(),
@@ -263,6 +327,7 @@ mod tests {
                 SubscriptionCommand::RecordStepFailed {
                     step: ProvisioningStep::Dns,
                     job_id: job,
+                    generation: 0,
                     series: 2,
                     error: "refused".into(),
                     at: at(6)
@@ -301,5 +366,103 @@ mod tests {
             at(1)
         )
         .is_empty());
+    }
+
+    #[test]
+    fn a_lifecycle_request_cancels_the_superseded_jobs_then_schedules_its_own() {
+        let sub = ids::subscription_id(ORDER);
+        let requested = SubscriptionEvent::SubscriptionTerminationRequested(OperationRequest {
+            generation: 2,
+            steps: vec![ProvisioningStep::Dns, ProvisioningStep::Mail],
+            superseded_steps: vec![ProvisioningStep::Mail],
+            order_id: ORDER,
+            tenant_id: Uuid::from_u128(1),
+            domain: None,
+            reason: Some("closed".into()),
+            requested_by: "user-1".into(),
+            requested_at: at(5),
+        });
+        let cmds = react(
+            SagaPolicy { max_attempts: 4 },
+            SagaEvent::Subscription(sub, &requested),
+            at(6),
+        );
+        assert_eq!(cmds.len(), 3, "{cmds:?}");
+        assert!(matches!(
+            &cmds[0],
+            SagaCommand::Job(id, JobCommand::Cancel { at: when, .. })
+                if *id == ids::job_id(sub, ProvisioningStep::Mail, 1) && *when == at(6)
+        ));
+        for (cmd, step) in cmds[1..]
+            .iter()
+            .zip([ProvisioningStep::Dns, ProvisioningStep::Mail])
+        {
+            let SagaCommand::Job(id, JobCommand::Schedule(spec)) = cmd else {
+                panic!("expected a schedule, got {cmd:?}");
+            };
+            assert_eq!(*id, ids::job_id(sub, step, 2));
+            assert_eq!(
+                (
+                    spec.action,
+                    spec.generation,
+                    spec.step,
+                    spec.max_attempts,
+                    spec.due_at
+                ),
+                (JobAction::Terminate, 2, step, 4, at(6))
+            );
+        }
+    }
+
+    #[test]
+    fn a_cancelled_order_terminates_its_subscription() {
+        let cancelled = OrderEvent::OrderCancelled {
+            reason: "customer changed their mind".into(),
+            cancelled_at: at(3),
+        };
+        let cmds = react(
+            SagaPolicy::default(),
+            SagaEvent::Order(ORDER, &cancelled),
+            at(4),
+        );
+        let [SagaCommand::Subscription(id, SubscriptionCommand::Terminate { reason, .. })] =
+            cmds.as_slice()
+        else {
+            panic!("expected one Terminate, got {cmds:?}");
+        };
+        assert_eq!(*id, ids::subscription_id(ORDER));
+        assert!(reason.contains("customer changed their mind"));
+    }
+
+    #[test]
+    fn a_lifecycle_job_outcome_carries_its_generation_to_the_subscription() {
+        let sub = ids::subscription_id(ORDER);
+        let job = ids::job_id(sub, ProvisioningStep::Hosting, 3);
+        let ok = JobEvent::JobSucceeded {
+            subscription_id: sub,
+            step: ProvisioningStep::Hosting,
+            action: JobAction::Suspend,
+            generation: 3,
+            attempt: 1,
+            outcome: crate::job::StepOutcome::Changed {
+                action: JobAction::Suspend,
+                server: "web1".into(),
+                target: "/srv/example.com/public_html".into(),
+                archived: None,
+            },
+            succeeded_at: at(2),
+        };
+        assert_eq!(
+            react(SagaPolicy::default(), SagaEvent::Job(job, &ok), at(3)),
+            vec![SagaCommand::Subscription(
+                sub,
+                SubscriptionCommand::RecordStepSucceeded {
+                    step: ProvisioningStep::Hosting,
+                    job_id: job,
+                    generation: 3,
+                    at: at(3),
+                }
+            )]
+        );
     }
 }

@@ -167,6 +167,8 @@ fn rows_for(order_no: u64, price: Uuid, product: Uuid, tenant: &TenantSlug) -> R
             JobEvent::JobSucceeded {
                 subscription_id: sub_id,
                 step,
+                action: JobAction::Provision,
+                generation: 0,
                 attempt: 1,
                 outcome,
                 succeeded_at: now,

@@ -29,8 +29,8 @@ impl Projector for JobsProjector {
         match event.decode::<JobEvent>()? {
             JobEvent::JobScheduled(s) => {
                 sqlx::query(
-                    "INSERT INTO jobs (id, subscription_id, order_id, tenant_id, step, domain, status, max_attempts, due_at, scheduled_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO jobs (id, subscription_id, order_id, tenant_id, step, domain, status, max_attempts, due_at, scheduled_at, updated_at, action, generation) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
                 )
                 .bind(id)
                 .bind(s.subscription_id)
@@ -42,6 +42,8 @@ impl Projector for JobsProjector {
                 .bind(i32::try_from(s.max_attempts).unwrap_or(i32::MAX))
                 .bind(s.due_at)
                 .bind(at)
+                .bind(s.action.as_str())
+                .bind(i32::try_from(s.generation).unwrap_or(i32::MAX))
                 .execute(&mut *tx)
                 .await?;
             }
@@ -80,13 +82,15 @@ impl Projector for JobsProjector {
                 error, retry_at, ..
             } => {
                 sqlx::query(
-                    "UPDATE jobs SET status = $2, last_error = $3, due_at = $4, lease_expires_at = NULL, updated_at = $5 WHERE id = $1",
+                    "UPDATE jobs SET status = CASE WHEN cancelled THEN $6 ELSE $2 END, last_error = $3, due_at = $4, \
+                     lease_expires_at = NULL, updated_at = $5 WHERE id = $1",
                 )
                 .bind(id)
                 .bind(JobStatus::RetryWaiting.as_str())
                 .bind(error)
                 .bind(retry_at)
                 .bind(at)
+                .bind(JobStatus::Cancelled.as_str())
                 .execute(&mut *tx)
                 .await?;
             }
@@ -96,6 +100,20 @@ impl Projector for JobsProjector {
                 )
                 .bind(id)
                 .bind(JobStatus::DeadLettered.as_str())
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            }
+            JobEvent::JobCancelled { while_running, .. } => {
+                // A running attempt keeps its status until its outcome is recorded.
+                sqlx::query(
+                    "UPDATE jobs SET cancelled = true, \
+                       status = CASE WHEN $2 THEN status ELSE $3 END, \
+                       due_at = CASE WHEN $2 THEN due_at ELSE NULL END, updated_at = $4 WHERE id = $1",
+                )
+                .bind(id)
+                .bind(while_running)
+                .bind(JobStatus::Cancelled.as_str())
                 .bind(at)
                 .execute(&mut *tx)
                 .await?;

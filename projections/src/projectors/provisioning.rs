@@ -5,7 +5,8 @@
 //! what was confirmed on the servers, never what was merely intended.
 
 use async_trait::async_trait;
-use mpanel_domain::job::{JobEvent, StepOutcome};
+use mpanel_domain::job::{JobAction, JobEvent, StepOutcome};
+use mpanel_domain::step::ProvisioningStep;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -55,6 +56,12 @@ impl Projector for ProvisioningProjector {
                     .await?;
                 }
             }
+            JobEvent::JobSucceeded {
+                subscription_id,
+                step,
+                outcome: StepOutcome::Changed { action, .. },
+                ..
+            } => apply_change(tx, subscription_id, step, action, at).await?,
             JobEvent::JobSucceeded {
                 subscription_id,
                 outcome,
@@ -169,7 +176,48 @@ async fn apply_outcome(
             .execute(&mut *tx)
             .await?;
         }
+        // Handled by `apply_change`.
         StepOutcome::Changed { .. } => {}
+    }
+    Ok(())
+}
+
+/// A confirmed lifecycle change: a terminated step's zone or account is gone from the servers
+/// (its data archived, as the job's outcome says), a suspended account is flagged.
+async fn apply_change(
+    tx: &mut PgConnection,
+    subscription_id: Uuid,
+    step: ProvisioningStep,
+    action: JobAction,
+    at: chrono::DateTime<chrono::Utc>,
+) -> Result<(), SubscriberError> {
+    let statements: &[&str] = match (action, step) {
+        (JobAction::Terminate, ProvisioningStep::Dns) => &[
+            "DELETE FROM dns_records WHERE zone IN (SELECT zone FROM dns_zones WHERE subscription_id = $1)",
+            "DELETE FROM dns_zones WHERE subscription_id = $1",
+        ],
+        (JobAction::Terminate, ProvisioningStep::Hosting) => {
+            &["DELETE FROM hosting_accounts WHERE subscription_id = $1"]
+        }
+        (JobAction::Terminate, ProvisioningStep::Mail) => {
+            &["DELETE FROM mail_accounts WHERE subscription_id = $1"]
+        }
+        (JobAction::Suspend | JobAction::Unsuspend, ProvisioningStep::Hosting) => &[
+            "UPDATE hosting_accounts SET suspended = $2, updated_at = $3 WHERE subscription_id = $1",
+        ],
+        (JobAction::Suspend | JobAction::Unsuspend, ProvisioningStep::Mail) => &[
+            "UPDATE mail_accounts SET suspended = $2, updated_at = $3 WHERE subscription_id = $1",
+        ],
+        _ => &[],
+    };
+    for statement in statements {
+        let query = sqlx::query(statement).bind(subscription_id);
+        let query = if statement.contains("$2") {
+            query.bind(action == JobAction::Suspend).bind(at)
+        } else {
+            query
+        };
+        query.execute(&mut *tx).await?;
     }
     Ok(())
 }

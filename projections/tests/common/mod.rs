@@ -287,6 +287,8 @@ pub async fn seed_tenant(pool: &PgPool, slug: &str, payment: &str, domain: &str)
                 &JobEvent::JobSucceeded {
                     subscription_id: subscription,
                     step,
+                    action: JobAction::Provision,
+                    generation: 0,
                     attempt: 1,
                     outcome,
                     succeeded_at: at(6),
