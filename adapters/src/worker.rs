@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use mpanel_domain::job::{JobCommand, JobError, JobEvent};
+use cqrs_es::EventEnvelope;
+use mpanel_domain::ids;
+use mpanel_domain::job::{Job, JobCommand, JobError, JobEvent, JobStatus};
 use mpanel_domain::step::ProvisioningStep;
 use rand::Rng;
 use sqlx::PgPool;
@@ -199,30 +201,53 @@ impl Worker {
             attempt = tracing::field::Empty,
             worker = %self.config.name,
         );
-        let traceparent = self.trace_of(job_id).await?;
-        crate::telemetry::continue_trace(&span, traceparent.as_deref());
-        self.attempt(job_id).instrument(span).await
-    }
-
-    /// The trace of the job's current attempt series: the `traceparent` of its latest
-    /// `JobScheduled` or `JobRetryRequested`.
-    async fn trace_of(&self, job_id: Uuid) -> Result<Option<String>, WorkerError> {
         let history = self
             .bus
             .jobs
             .history(job_id)
             .await
             .map_err(|e| WorkerError(e.to_string()))?;
-        Ok(history
-            .iter()
-            .rev()
-            .find(|e| {
-                matches!(
-                    e.payload,
-                    JobEvent::JobScheduled(_) | JobEvent::JobRetryRequested { .. }
-                )
-            })
-            .and_then(|e| e.metadata.get("traceparent").cloned()))
+        crate::telemetry::continue_trace(&span, trace_of(&history));
+        if let Some(earlier) = self.earlier_job_running(&history).await? {
+            // Acknowledged without a lease: the job stays due and the sweeper rings it again.
+            return Ok(JobRun::Skipped(format!(
+                "waiting for job {earlier} of an earlier operation to finish its attempt"
+            )));
+        }
+        self.attempt(job_id).instrument(span).await
+    }
+
+    /// A job of a lifecycle operation must not run while a job of an earlier generation for the
+    /// same step still runs under a live lease (e.g. a termination while the order's
+    /// provisioning is creating the account): the earlier job was cancelled, so it will not
+    /// start again, but the attempt in flight could recreate what this job removes. Returns
+    /// that earlier job's id.
+    async fn earlier_job_running(
+        &self,
+        history: &[EventEnvelope<Job>],
+    ) -> Result<Option<Uuid>, WorkerError> {
+        let Some(spec) = history.iter().find_map(|e| match &e.payload {
+            JobEvent::JobScheduled(spec) => Some(spec),
+            _ => None,
+        }) else {
+            return Ok(None);
+        };
+        let now = Utc::now();
+        for generation in (0..spec.generation).rev() {
+            let id = ids::job_id(spec.subscription_id, spec.step, generation);
+            let earlier = self
+                .bus
+                .jobs
+                .load(id)
+                .await
+                .map_err(|e| WorkerError(e.to_string()))?;
+            if earlier.status() == Some(JobStatus::Running)
+                && earlier.lease_expires_at().is_some_and(|until| until > now)
+            {
+                return Ok(Some(id));
+            }
+        }
+        Ok(None)
     }
 
     async fn attempt(&self, job_id: Uuid) -> Result<JobRun, WorkerError> {
@@ -339,14 +364,31 @@ impl Worker {
     }
 }
 
+/// The trace of the job's current attempt series: the `traceparent` of its latest
+/// `JobScheduled` or `JobRetryRequested`.
+fn trace_of(history: &[EventEnvelope<Job>]) -> Option<&str> {
+    history
+        .iter()
+        .rev()
+        .find(|e| {
+            matches!(
+                e.payload,
+                JobEvent::JobScheduled(_) | JobEvent::JobRetryRequested { .. }
+            )
+        })
+        .and_then(|e| e.metadata.get("traceparent"))
+        .map(String::as_str)
+}
+
 /// The span of one provisioner call, named for its step (`dns.provision`, `hosting.provision`,
 /// `mail.provision`); the provisioners' own spans (`ssh.run_script`) nest inside.
 fn provision_span(step: ProvisioningStep, request: &ProvisionRequest) -> tracing::Span {
     let domain = request.domain.as_str();
+    let action = request.action.as_str();
     match step {
-        ProvisioningStep::Dns => tracing::info_span!("dns.provision", domain),
-        ProvisioningStep::Hosting => tracing::info_span!("hosting.provision", domain),
-        ProvisioningStep::Mail => tracing::info_span!("mail.provision", domain),
+        ProvisioningStep::Dns => tracing::info_span!("dns.provision", domain, action),
+        ProvisioningStep::Hosting => tracing::info_span!("hosting.provision", domain, action),
+        ProvisioningStep::Mail => tracing::info_span!("mail.provision", domain, action),
     }
 }
 

@@ -336,6 +336,38 @@ async fn every_endpoint_answers_each_role_as_the_role_table_says() {
             None,
             ALL,
         ),
+        // Lifecycle: each allowed call starts the operation (202), finds it done or under way
+        // (200) or refused by the subscription's status (409).
+        (
+            Method::POST,
+            format!("/api/subscriptions/{sub}/suspend"),
+            Some(json!({ "reason": "matrix" })),
+            RETRIERS,
+        ),
+        (
+            Method::POST,
+            format!("/api/subscriptions/{sub}/unsuspend"),
+            None,
+            RETRIERS,
+        ),
+        (
+            Method::POST,
+            format!("/api/subscriptions/{sub}/reprovision"),
+            None,
+            ADMINS,
+        ),
+        (
+            Method::POST,
+            format!("/api/orders/{order}/cancel"),
+            Some(json!({ "reason": "matrix" })),
+            ADMINS,
+        ),
+        (
+            Method::POST,
+            format!("/api/subscriptions/{sub}/terminate"),
+            Some(json!({ "reason": "matrix" })),
+            ADMINS,
+        ),
         // Destructive rows last: archiving and deactivating converge (204 again), and logging
         // out revokes each caller's token after its own row.
         (
@@ -444,6 +476,31 @@ async fn another_tenants_resources_are_not_found_and_never_listed() {
     }
     for (method, path, body) in [
         (Method::POST, format!("/api/jobs/{job}/retry"), None),
+        (
+            Method::POST,
+            format!("/api/subscriptions/{sub}/suspend"),
+            Some(json!({ "reason": "hostile" })),
+        ),
+        (
+            Method::POST,
+            format!("/api/subscriptions/{sub}/unsuspend"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/subscriptions/{sub}/terminate"),
+            Some(json!({ "reason": "hostile" })),
+        ),
+        (
+            Method::POST,
+            format!("/api/subscriptions/{sub}/reprovision"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("/api/orders/{order}/cancel"),
+            Some(json!({ "reason": "hostile" })),
+        ),
         (
             Method::PATCH,
             format!("/api/products/{}", w.product_a),

@@ -181,5 +181,10 @@ pub async fn subscription(
         opened_at: micros(d.opened_at.unwrap_or_default()),
         activated_at: d.activated_at.map(micros),
         updated_at: micros(d.updated_at.unwrap_or_default()),
+        operation: s.operation().0.as_str().to_owned(),
+        generation: i32::try_from(s.operation().1).unwrap_or(i32::MAX),
+        pending_steps: names(&s.pending_steps()),
+        status_reason: d.status_reason.clone(),
+        status_changed_by: d.status_changed_by.clone(),
     }))
 }

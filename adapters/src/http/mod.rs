@@ -6,6 +6,7 @@ pub mod auth;
 mod catalog;
 mod health;
 mod json;
+mod lifecycle;
 mod metrics;
 pub mod openapi;
 mod orders;
@@ -174,6 +175,11 @@ fn api_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(views::list_jobs))
         .routes(routes!(views::get_job))
         .routes(routes!(views::retry_job))
+        .routes(routes!(lifecycle::suspend))
+        .routes(routes!(lifecycle::unsuspend))
+        .routes(routes!(lifecycle::terminate))
+        .routes(routes!(lifecycle::reprovision))
+        .routes(routes!(lifecycle::cancel_order))
         .routes(routes!(views::list_customers))
         .routes(routes!(views::get_customer))
         .routes(routes!(views::list_domains))

@@ -39,6 +39,7 @@ pub const INTERNAL_KEY: &str = "internalKey";
         (name = "orders", description = "The order webhook and staff order views"),
         (name = "catalog", description = "Products and prices (staff)"),
         (name = "operations", description = "Subscriptions, jobs, customers, domains (staff)"),
+        (name = "lifecycle", description = "Suspend, unsuspend, terminate and re-provision subscriptions; cancel orders (staff). Each starts converging jobs; the status follows confirmed outcomes"),
         (name = "audit", description = "The hash-chained event log: verification and paged export (auditors)")
     )
 )]

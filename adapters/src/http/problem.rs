@@ -51,6 +51,10 @@ pub enum ApiError {
     /// The request contradicts what is already recorded.
     #[error("{0}")]
     Conflict(&'static str),
+    /// As [`ApiError::Conflict`], with a detail built from recorded state (e.g. the status
+    /// that refuses an operation); never from a driver error.
+    #[error("{0}")]
+    StateConflict(String),
     /// A dependency is down; try again later.
     #[error("{0}")]
     Unavailable(String),
@@ -94,7 +98,9 @@ impl ApiError {
                 "Payload too large",
             ),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "Not found"),
-            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict", "Conflict"),
+            Self::Conflict(_) | Self::StateConflict(_) => {
+                (StatusCode::CONFLICT, "conflict", "Conflict")
+            }
             Self::Unavailable(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -161,7 +167,7 @@ impl IntoResponse for ApiError {
                 tracing::warn!(error = %d, "dependency unavailable");
                 Some("a dependency is unavailable; try again shortly".to_owned())
             }
-            Self::NotReady(d) => Some(d.clone()),
+            Self::NotReady(d) | Self::StateConflict(d) => Some(d.clone()),
             Self::Internal(d) => {
                 tracing::error!(error = %d, "internal error");
                 None

@@ -168,11 +168,24 @@ pub struct SubscriptionRow {
     pub(super) opened_at: DateTime<Utc>,
     pub(super) activated_at: Option<DateTime<Utc>>,
     pub(super) updated_at: DateTime<Utc>,
+    /// The current (or last) operation: `PROVISION` (the order's, generation 0, or a
+    /// re-provisioning), `SUSPEND`, `UNSUSPEND` or `TERMINATE`.
+    pub(super) operation: String,
+    /// The operation's generation: 0 for the order's provisioning, +1 per lifecycle operation.
+    pub(super) generation: i32,
+    /// Steps of the current operation not confirmed yet.
+    pub(super) pending_steps: Vec<String>,
+    /// The reason given for the latest suspension or termination.
+    pub(super) status_reason: Option<String>,
+    /// Who asked for the latest lifecycle operation (user id, or `order/<id>` for an order
+    /// cancellation).
+    pub(super) status_changed_by: Option<String>,
 }
 
 const SUBSCRIPTION_COLUMNS: &str =
     "id, order_id, tenant_id, customer_id, domain, status, required_steps, \
-    succeeded_steps, failed_step, last_error, opened_at, activated_at, updated_at";
+    succeeded_steps, failed_step, last_error, opened_at, activated_at, updated_at, \
+    operation, generation, pending_steps, status_reason, status_changed_by";
 
 /// A job: attempts, last error, next run.
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
@@ -197,11 +210,18 @@ pub struct JobRow {
     outcome: Option<Value>,
     scheduled_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+    /// What the job does: `PROVISION`, `SUSPEND`, `UNSUSPEND` or `TERMINATE`.
+    action: String,
+    /// The subscription operation it belongs to (0: the order's provisioning).
+    generation: i32,
+    /// A newer operation cancelled it: it will not start or be retried.
+    cancelled: bool,
 }
 
 const JOB_COLUMNS: &str =
     "id, subscription_id, order_id, tenant_id, step, domain, status, series, attempts, \
-    max_attempts, due_at, lease_expires_at, worker, last_error, outcome, scheduled_at, updated_at";
+    max_attempts, due_at, lease_expires_at, worker, last_error, outcome, scheduled_at, updated_at, \
+    action, generation, cancelled";
 
 /// An order with its subscription and jobs.
 #[derive(Debug, Serialize, ToSchema)]
@@ -321,7 +341,7 @@ pub async fn get_order(
     .fetch_optional(&state.pool)
     .await?;
     let jobs: Vec<JobRow> = sqlx::query_as(&format!(
-        "SELECT {JOB_COLUMNS} FROM jobs WHERE order_id = $1 ORDER BY step, series"
+        "SELECT {JOB_COLUMNS} FROM jobs WHERE order_id = $1 ORDER BY generation, step, series"
     ))
     .bind(order.id)
     .fetch_all(&state.pool)

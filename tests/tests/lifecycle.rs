@@ -1,0 +1,569 @@
+//! Subscription lifecycle end to end against the real servers (issue #10): suspend takes the
+//! site and the mailbox out of service and keeps their data, unsuspend restores both, terminate
+//! removes the zone, archives the web root and the Maildir; every operation repeated converges;
+//! re-provisioning repairs drift; an order cancelled while its provisioning still runs ends with
+//! nothing left on any server.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use mpanel_adapters::provisioners::mail::{LocalPart, MailConfig, SshMailProvisioner};
+use mpanel_domain::values::DomainName;
+use mpanel_tests::proxy::TcpProxy;
+use mpanel_tests::TestApp;
+use reqwest::{Method, StatusCode};
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+fn env(var: &str) -> String {
+    std::env::var(var)
+        .unwrap_or_else(|_| panic!("{var} must be set; run the suite with scripts/test.sh"))
+}
+
+fn unique_domain() -> String {
+    format!(
+        "lc{}.example.net",
+        &Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+async fn zone_exists(domain: &str) -> bool {
+    let r = reqwest::Client::new()
+        .get(format!(
+            "{}/api/v1/servers/localhost/zones/{domain}.",
+            env("POWERDNS_API_URL")
+        ))
+        .header("X-API-Key", env("POWERDNS_API_KEY"))
+        .send()
+        .await
+        .expect("PowerDNS API");
+    match r.status() {
+        StatusCode::OK => true,
+        StatusCode::NOT_FOUND | StatusCode::UNPROCESSABLE_ENTITY => false,
+        other => panic!("PowerDNS answered {other}"),
+    }
+}
+
+async fn delete_zone(domain: &str) {
+    let _ = reqwest::Client::new()
+        .delete(format!(
+            "{}/api/v1/servers/localhost/zones/{domain}.",
+            env("POWERDNS_API_URL")
+        ))
+        .header("X-API-Key", env("POWERDNS_API_KEY"))
+        .send()
+        .await;
+}
+
+/// One IMAP LOGIN against the stack's Dovecot; the tagged answer line.
+fn imap_login(user: &str, password: &str) -> String {
+    let port: u16 = env("MAIL_IMAP_PORT").parse().expect("MAIL_IMAP_PORT");
+    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("IMAP port");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut writer = stream;
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("greeting");
+    write!(writer, "a1 LOGIN \"{user}\" \"{password}\"\r\n").expect("LOGIN");
+    loop {
+        line.clear();
+        assert!(
+            reader.read_line(&mut line).expect("answer") > 0,
+            "Dovecot hung up"
+        );
+        if line.starts_with("a1 ") {
+            let _ = writer.write_all(b"a2 LOGOUT\r\n");
+            return line.trim_end().to_owned();
+        }
+    }
+}
+
+/// Waits until IMAP LOGIN answers OK (`true`) or NO (`false`) as wanted; Dovecot re-reads the
+/// passwd-file when its mtime changes, which can take a moment to be noticed.
+async fn imap_login_becomes(app: &TestApp, user: &str, password: &str, ok: bool) {
+    let what = if ok {
+        "IMAP LOGIN accepted"
+    } else {
+        "IMAP LOGIN refused"
+    };
+    app.eventually(15, what, || async {
+        (imap_login(user, password).starts_with("a1 OK") == ok).then_some(())
+    })
+    .await;
+}
+
+fn hosting_root() -> PathBuf {
+    PathBuf::from(env("HOSTING_ROOT"))
+}
+
+fn passwd_has(address: &str) -> bool {
+    std::fs::read_to_string(env("MAIL_PASSWD_FILE"))
+        .expect("passwd-file")
+        .lines()
+        .any(|l| l.starts_with(&format!("{address}:")))
+}
+
+/// Archived copies of `name` (web root or Maildir) under `archive`.
+fn archived(archive: &Path, name: &str) -> Vec<PathBuf> {
+    std::fs::read_dir(archive)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(&format!("{name}.")))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+struct Staff<'a> {
+    app: &'a TestApp,
+    token: String,
+}
+
+impl<'a> Staff<'a> {
+    async fn admin(app: &'a TestApp) -> Self {
+        let r = app
+            .http
+            .post(format!("{}/api/auth/login", app.url))
+            .json(&json!({ "email": "admin@migrahosting.test", "password": app.admin_password }))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.expect("session");
+        Self {
+            app,
+            token: body["accessToken"].as_str().expect("token").to_owned(),
+        }
+    }
+
+    async fn post(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let mut request = self
+            .app
+            .http
+            .request(Method::POST, format!("{}{path}", self.app.url))
+            .bearer_auth(&self.token);
+        if let Some(b) = body {
+            request = request.json(&b);
+        }
+        let r = request.send().await.expect("request");
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+}
+
+async fn place(app: &TestApp, domain: &str) -> (String, String) {
+    let payment = format!("pi_{}", Uuid::new_v4().simple());
+    let r = app
+        .post_order(&app.order_body(&payment, "owner@example.com", domain))
+        .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let body: Value = r.json().await.expect("body");
+    (
+        body["orderId"].as_str().expect("orderId").to_owned(),
+        body["subscriptionId"]
+            .as_str()
+            .expect("subscriptionId")
+            .to_owned(),
+    )
+}
+
+async fn status_becomes(app: &TestApp, sub: &str, want: &str, secs: u64) {
+    app.eventually(secs, &format!("subscription {want}"), || async {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM subscriptions WHERE id = $1::uuid")
+                .bind(sub)
+                .fetch_optional(&app.pool)
+                .await
+                .expect("subscription");
+        (status.as_deref() == Some(want)).then_some(())
+    })
+    .await;
+}
+
+async fn subscription_events(app: &TestApp, sub: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT event_type FROM events WHERE aggregate_type = 'Subscription' AND aggregate_id = $1 ORDER BY sequence",
+    )
+    .bind(sub)
+    .fetch_all(&app.pool)
+    .await
+    .expect("events")
+}
+
+#[tokio::test]
+async fn suspend_unsuspend_and_terminate_converge_on_the_real_servers() {
+    let app = TestApp::spawn().await;
+    let staff = Staff::admin(&app).await;
+    let domain = unique_domain();
+    let (_, sub) = place(&app, &domain).await;
+    status_becomes(&app, &sub, "ACTIVE", 90).await;
+
+    // The customer's mailbox works before anything happens.
+    let mail = SshMailProvisioner::new(MailConfig::from_env().expect("mail config"))
+        .expect("mail provisioner");
+    let password = format!("pw-{}", Uuid::new_v4().simple());
+    mail.set_password(
+        &DomainName::parse(&domain).expect("domain"),
+        &LocalPart::postmaster(),
+        &SecretString::from(password.clone()),
+    )
+    .await
+    .expect("set password");
+    let user = format!("postmaster@{domain}");
+    imap_login_becomes(&app, &user, &password, true).await;
+    let account = hosting_root().join(&domain);
+    let vhost = hosting_root().join("vhosts").join(format!("{domain}.conf"));
+    let public_html = account.join("public_html");
+    std::fs::write(public_html.join("customer.html"), "the customer's page").expect("upload");
+
+    // Bad input changes nothing: no reason, blank reason, not JSON.
+    let before = subscription_events(&app, &sub).await.len();
+    let (status, problem) = staff
+        .post(
+            &format!("/api/subscriptions/{sub}/suspend"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "reason");
+    let (status, _) = staff
+        .post(
+            &format!("/api/subscriptions/{sub}/suspend"),
+            Some(json!({ "reason": "   " })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    let (status, _) = staff
+        .post(
+            &format!("/api/subscriptions/{}/suspend", Uuid::new_v4()),
+            Some(json!({ "reason": "x" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(subscription_events(&app, &sub).await.len(), before);
+
+    // Suspend: SUSPENDING at once, SUSPENDED only when the site and the mailbox confirm.
+    let (status, body) = staff
+        .post(
+            &format!("/api/subscriptions/{sub}/suspend"),
+            Some(json!({ "reason": "unpaid invoice" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["status"], "SUSPENDING");
+    assert_eq!(body["operation"], "SUSPEND");
+    assert_eq!(body["started"], true);
+    status_becomes(&app, &sub, "SUSPENDED", 60).await;
+    let conf = std::fs::read_to_string(&vhost).expect("vhost");
+    let placeholder = account.join("suspended");
+    assert!(
+        conf.contains(&format!("root {};", placeholder.display())),
+        "the vhost serves the placeholder: {conf}"
+    );
+    assert!(placeholder.join("index.html").is_file());
+    assert_eq!(
+        std::fs::read_to_string(public_html.join("customer.html")).expect("kept"),
+        "the customer's page",
+        "suspension keeps the customer's data"
+    );
+    imap_login_becomes(&app, &user, &password, false).await;
+    let (reason, by): (Option<String>, Option<String>) = sqlx::query_as(
+        "SELECT status_reason, status_changed_by FROM subscriptions WHERE id = $1::uuid",
+    )
+    .bind(&sub)
+    .fetch_one(&app.pool)
+    .await
+    .expect("row");
+    assert_eq!(reason.as_deref(), Some("unpaid invoice"));
+    assert!(by.is_some(), "the actor is recorded");
+
+    // Twice converges: nothing recorded, 200.
+    let (status, body) = staff
+        .post(
+            &format!("/api/subscriptions/{sub}/suspend"),
+            Some(json!({ "reason": "unpaid invoice" })),
+        )
+        .await;
+    assert_eq!((status, &body["started"]), (StatusCode::OK, &json!(false)));
+    let (status, problem) = staff
+        .post(&format!("/api/subscriptions/{sub}/reprovision"), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{problem}");
+    assert!(problem["detail"]
+        .as_str()
+        .is_some_and(|d| d.contains("SUSPENDED")));
+
+    // Unsuspend: both work again.
+    let (status, body) = staff
+        .post(&format!("/api/subscriptions/{sub}/unsuspend"), None)
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    status_becomes(&app, &sub, "ACTIVE", 60).await;
+    let conf = std::fs::read_to_string(&vhost).expect("vhost");
+    assert!(
+        conf.contains(&format!("root {};", public_html.display())),
+        "the vhost serves the web root again: {conf}"
+    );
+    imap_login_becomes(&app, &user, &password, true).await;
+    let (status, _) = staff
+        .post(&format!("/api/subscriptions/{sub}/unsuspend"), None)
+        .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "unsuspending an active subscription converges"
+    );
+
+    // Terminate: zone gone, web root and Maildir archived, mailbox removed.
+    let (status, body) = staff
+        .post(
+            &format!("/api/subscriptions/{sub}/terminate"),
+            Some(json!({ "reason": "contract ended" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    status_becomes(&app, &sub, "TERMINATED", 60).await;
+    assert!(!zone_exists(&domain).await, "zone removed from PowerDNS");
+    assert!(!account.exists(), "account moved out of the hosting root");
+    assert!(!vhost.exists(), "vhost removed");
+    let web_archive = PathBuf::from(format!("{}-archive", env("HOSTING_ROOT")));
+    let copies = archived(&web_archive, &domain);
+    assert_eq!(copies.len(), 1, "one archived web root: {copies:?}");
+    assert_eq!(
+        std::fs::read_to_string(copies[0].join("public_html/customer.html")).expect("archived"),
+        "the customer's page"
+    );
+    assert!(!passwd_has(&user), "mailbox line removed");
+    let mail_archive = PathBuf::from(format!("{}-archive", env("MAIL_ROOT")));
+    assert_eq!(
+        archived(&mail_archive, &user).len(),
+        1,
+        "one archived Maildir"
+    );
+    assert!(!imap_login(&user, &password).starts_with("a1 OK"));
+
+    // Terminating again converges; nothing else is allowed any more.
+    let (status, _) = staff
+        .post(
+            &format!("/api/subscriptions/{sub}/terminate"),
+            Some(json!({ "reason": "again" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, problem) = staff
+        .post(
+            &format!("/api/subscriptions/{sub}/suspend"),
+            Some(json!({ "reason": "late" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(problem["type"], "urn:mpanel:problem:conflict");
+
+    // The read models show what the servers have: nothing; every job of the four operations
+    // succeeded exactly once.
+    for table in ["dns_zones", "hosting_accounts", "mail_accounts"] {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT count(*) FROM {table} WHERE subscription_id = $1::uuid"
+        ))
+        .bind(&sub)
+        .fetch_one(&app.pool)
+        .await
+        .expect("count");
+        assert_eq!(n, 0, "{table} is empty for a terminated subscription");
+    }
+    let jobs: Vec<(String, i32, String)> = sqlx::query_as(
+        "SELECT action, generation, status FROM jobs WHERE subscription_id = $1::uuid ORDER BY generation, step",
+    )
+    .bind(&sub)
+    .fetch_all(&app.pool)
+    .await
+    .expect("jobs");
+    let shape: Vec<(&str, i32)> = jobs.iter().map(|(a, g, _)| (a.as_str(), *g)).collect();
+    assert_eq!(
+        shape,
+        vec![
+            ("PROVISION", 0),
+            ("PROVISION", 0),
+            ("PROVISION", 0),
+            ("SUSPEND", 1),
+            ("SUSPEND", 1),
+            ("UNSUSPEND", 2),
+            ("UNSUSPEND", 2),
+            ("TERMINATE", 3),
+            ("TERMINATE", 3),
+            ("TERMINATE", 3),
+        ]
+    );
+    assert!(jobs.iter().all(|(_, _, s)| s == "SUCCEEDED"), "{jobs:?}");
+    let events = subscription_events(&app, &sub).await;
+    for (event, times) in [
+        ("SubscriptionSuspended", 1),
+        ("SubscriptionUnsuspended", 1),
+        ("SubscriptionTerminated", 1),
+        ("SubscriptionActivated", 1),
+    ] {
+        assert_eq!(
+            events.iter().filter(|e| *e == event).count(),
+            times,
+            "{event} in {events:?}"
+        );
+    }
+    let verified = app.cli(&["events", "verify"]);
+    assert!(verified.contains("\"ok\""), "{verified}");
+}
+
+#[tokio::test]
+async fn reprovision_repairs_drift_and_repeating_it_converges() {
+    let app = TestApp::spawn().await;
+    let staff = Staff::admin(&app).await;
+    let domain = unique_domain();
+    let (_, sub) = place(&app, &domain).await;
+    status_becomes(&app, &sub, "ACTIVE", 90).await;
+
+    // Someone deleted the zone by hand and the site's placeholder with it.
+    delete_zone(&domain).await;
+    assert!(!zone_exists(&domain).await);
+    let index = hosting_root()
+        .join(&domain)
+        .join("public_html")
+        .join("index.html");
+    std::fs::remove_file(&index).expect("remove index");
+
+    for round in 1..=2 {
+        let (status, body) = staff
+            .post(&format!("/api/subscriptions/{sub}/reprovision"), None)
+            .await;
+        assert_eq!(status, StatusCode::ACCEPTED, "round {round}: {body}");
+        assert_eq!(body["status"], "REPROVISIONING");
+        assert_eq!(body["generation"], round);
+        status_becomes(&app, &sub, "ACTIVE", 60).await;
+        assert!(zone_exists(&domain).await, "round {round}: zone is back");
+        assert!(index.is_file(), "round {round}: placeholder is back");
+    }
+    let reprovisioned = subscription_events(&app, &sub)
+        .await
+        .iter()
+        .filter(|e| *e == "SubscriptionReprovisioned")
+        .count();
+    assert_eq!(reprovisioned, 2);
+    delete_zone(&domain).await;
+}
+
+#[tokio::test]
+async fn an_order_cancelled_while_provisioning_runs_leaves_nothing_behind() {
+    // PowerDNS answers slowly and one job runs at a time: the DNS job is mid-attempt and the
+    // hosting and mail jobs are still waiting when the order is cancelled.
+    let proxy = TcpProxy::new(
+        env("POWERDNS_API_URL")
+            .trim_start_matches("http://")
+            .trim_end_matches('/'),
+    )
+    .slow(Duration::from_secs(3));
+    proxy.up().await;
+    let api = format!("http://127.0.0.1:{}", proxy.port);
+    let app = TestApp::spawn_with(&[("POWERDNS_API_URL", &api), ("WORKER_CONCURRENCY", "1")]).await;
+    let staff = Staff::admin(&app).await;
+    let domain = unique_domain();
+    let (order, sub) = place(&app, &domain).await;
+    let running_job: String = app
+        .eventually(30, "a provisioning job running", || async {
+            sqlx::query_scalar::<_, Uuid>(
+                "SELECT id FROM jobs WHERE subscription_id = $1::uuid AND step = 'dns' AND status = 'RUNNING'",
+            )
+            .bind(&sub)
+            .fetch_optional(&app.pool)
+            .await
+            .expect("jobs")
+            .map(|id| id.to_string())
+        })
+        .await;
+
+    let (status, problem) = staff
+        .post(&format!("/api/orders/{order}/cancel"), Some(json!({})))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    let (status, body) = staff
+        .post(
+            &format!("/api/orders/{order}/cancel"),
+            Some(json!({ "reason": "customer changed their mind" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["subscriptionId"], sub.as_str());
+
+    status_becomes(&app, &sub, "TERMINATED", 120).await;
+    let order_status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1::uuid")
+        .bind(&order)
+        .fetch_one(&app.pool)
+        .await
+        .expect("order");
+    assert_eq!(order_status, "CANCELLED");
+
+    // Nothing on any server: whatever the running attempt created, the termination removed.
+    assert!(!zone_exists(&domain).await, "no zone left in PowerDNS");
+    assert!(
+        !hosting_root().join(&domain).exists(),
+        "no account left in the hosting root"
+    );
+    assert!(
+        !passwd_has(&format!("postmaster@{domain}")),
+        "no mailbox left"
+    );
+
+    // The order never became active; the jobs that had not run were cancelled, never started.
+    let events = subscription_events(&app, &sub).await;
+    assert!(
+        !events.iter().any(|e| e == "SubscriptionActivated"),
+        "{events:?}"
+    );
+    let jobs: Vec<(Uuid, String, i32, String, i32)> = sqlx::query_as(
+        "SELECT id, action, generation, status, attempts FROM jobs WHERE subscription_id = $1::uuid ORDER BY generation, step",
+    )
+    .bind(&sub)
+    .fetch_all(&app.pool)
+    .await
+    .expect("jobs");
+    let provision: Vec<_> = jobs.iter().filter(|j| j.2 == 0).collect();
+    assert_eq!(provision.len(), 3, "{jobs:?}");
+    for (id, _, _, status, attempts) in &provision {
+        if id.to_string() == running_job {
+            assert!(
+                status == "SUCCEEDED" || status == "CANCELLED",
+                "the running attempt ended: {status}"
+            );
+        } else {
+            assert_eq!(
+                (status.as_str(), *attempts),
+                ("CANCELLED", 0),
+                "a waiting job is cancelled before it starts: {jobs:?}"
+            );
+        }
+    }
+    let terminate: Vec<_> = jobs.iter().filter(|j| j.2 == 1).collect();
+    assert_eq!(terminate.len(), 3, "{jobs:?}");
+    assert!(terminate
+        .iter()
+        .all(|j| j.1 == "TERMINATE" && j.3 == "SUCCEEDED"));
+
+    // Cancelling again converges; the log still verifies.
+    let (status, body) = staff
+        .post(
+            &format!("/api/orders/{order}/cancel"),
+            Some(json!({ "reason": "again" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let verified = app.cli(&["events", "verify"]);
+    assert!(verified.contains("\"ok\""), "{verified}");
+    proxy.down().await;
+}
