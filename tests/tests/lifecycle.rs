@@ -177,16 +177,22 @@ async fn place(app: &TestApp, domain: &str) -> (String, String) {
     )
 }
 
-async fn status_becomes(app: &TestApp, sub: &str, want: &str, secs: u64) {
-    app.eventually(secs, &format!("subscription {want}"), || async {
-        let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM subscriptions WHERE id = $1::uuid")
-                .bind(sub)
-                .fetch_optional(&app.pool)
-                .await
-                .expect("subscription");
-        (status.as_deref() == Some(want)).then_some(())
-    })
+/// Waits until the read model shows `want` for operation `generation` (the read model lags
+/// the command: right after a request it may still show the previous operation's end state).
+async fn status_becomes(app: &TestApp, sub: &str, want: &str, generation: i32, secs: u64) {
+    app.eventually(
+        secs,
+        &format!("subscription {want} (generation {generation})"),
+        || async {
+            let row: Option<(String, i32)> =
+                sqlx::query_as("SELECT status, generation FROM subscriptions WHERE id = $1::uuid")
+                    .bind(sub)
+                    .fetch_optional(&app.pool)
+                    .await
+                    .expect("subscription");
+            (row == Some((want.to_owned(), generation))).then_some(())
+        },
+    )
     .await;
 }
 
@@ -206,7 +212,7 @@ async fn suspend_unsuspend_and_terminate_converge_on_the_real_servers() {
     let staff = Staff::admin(&app).await;
     let domain = unique_domain();
     let (_, sub) = place(&app, &domain).await;
-    status_becomes(&app, &sub, "ACTIVE", 90).await;
+    status_becomes(&app, &sub, "ACTIVE", 0, 90).await;
 
     // The customer's mailbox works before anything happens.
     let mail = SshMailProvisioner::new(MailConfig::from_env().expect("mail config"))
@@ -263,7 +269,7 @@ async fn suspend_unsuspend_and_terminate_converge_on_the_real_servers() {
     assert_eq!(body["status"], "SUSPENDING");
     assert_eq!(body["operation"], "SUSPEND");
     assert_eq!(body["started"], true);
-    status_becomes(&app, &sub, "SUSPENDED", 60).await;
+    status_becomes(&app, &sub, "SUSPENDED", 1, 60).await;
     let conf = std::fs::read_to_string(&vhost).expect("vhost");
     let placeholder = account.join("suspended");
     assert!(
@@ -308,7 +314,7 @@ async fn suspend_unsuspend_and_terminate_converge_on_the_real_servers() {
         .post(&format!("/api/subscriptions/{sub}/unsuspend"), None)
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    status_becomes(&app, &sub, "ACTIVE", 60).await;
+    status_becomes(&app, &sub, "ACTIVE", 2, 60).await;
     let conf = std::fs::read_to_string(&vhost).expect("vhost");
     assert!(
         conf.contains(&format!("root {};", public_html.display())),
@@ -332,7 +338,7 @@ async fn suspend_unsuspend_and_terminate_converge_on_the_real_servers() {
         )
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
-    status_becomes(&app, &sub, "TERMINATED", 60).await;
+    status_becomes(&app, &sub, "TERMINATED", 3, 60).await;
     assert!(!zone_exists(&domain).await, "zone removed from PowerDNS");
     assert!(!account.exists(), "account moved out of the hosting root");
     assert!(!vhost.exists(), "vhost removed");
@@ -350,7 +356,7 @@ async fn suspend_unsuspend_and_terminate_converge_on_the_real_servers() {
         1,
         "one archived Maildir"
     );
-    assert!(!imap_login(&user, &password).starts_with("a1 OK"));
+    imap_login_becomes(&app, &user, &password, false).await;
 
     // Terminating again converges; nothing else is allowed any more.
     let (status, _) = staff
@@ -428,7 +434,7 @@ async fn reprovision_repairs_drift_and_repeating_it_converges() {
     let staff = Staff::admin(&app).await;
     let domain = unique_domain();
     let (_, sub) = place(&app, &domain).await;
-    status_becomes(&app, &sub, "ACTIVE", 90).await;
+    status_becomes(&app, &sub, "ACTIVE", 0, 90).await;
 
     // Someone deleted the zone by hand and the site's placeholder with it.
     delete_zone(&domain).await;
@@ -446,7 +452,7 @@ async fn reprovision_repairs_drift_and_repeating_it_converges() {
         assert_eq!(status, StatusCode::ACCEPTED, "round {round}: {body}");
         assert_eq!(body["status"], "REPROVISIONING");
         assert_eq!(body["generation"], round);
-        status_becomes(&app, &sub, "ACTIVE", 60).await;
+        status_becomes(&app, &sub, "ACTIVE", round, 60).await;
         assert!(zone_exists(&domain).await, "round {round}: zone is back");
         assert!(index.is_file(), "round {round}: placeholder is back");
     }
@@ -501,7 +507,7 @@ async fn an_order_cancelled_while_provisioning_runs_leaves_nothing_behind() {
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     assert_eq!(body["subscriptionId"], sub.as_str());
 
-    status_becomes(&app, &sub, "TERMINATED", 120).await;
+    status_becomes(&app, &sub, "TERMINATED", 1, 120).await;
     let order_status: String = sqlx::query_scalar("SELECT status FROM orders WHERE id = $1::uuid")
         .bind(&order)
         .fetch_one(&app.pool)
