@@ -256,6 +256,28 @@ async fn suspend_unsuspend_and_terminate_converge_on_the_real_servers() {
         )
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, problem) = staff
+        .post(
+            &format!("/api/subscriptions/{sub}/terminate"),
+            Some(json!({ "reason": "x".repeat(501) })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    let (status, problem) = staff
+        .post("/api/subscriptions/not-a-uuid/unsuspend", None)
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{problem}");
+    assert_eq!(problem["errors"][0]["field"], "id");
+    let r = app
+        .http
+        .post(format!("{}/api/subscriptions/{sub}/suspend", app.url))
+        .bearer_auth(&staff.token)
+        .header("content-type", "text/plain")
+        .body("reason=unpaid")
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(r.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
     assert_eq!(subscription_events(&app, &sub).await.len(), before);
 
     // Suspend: SUSPENDING at once, SUSPENDED only when the site and the mailbox confirm.
@@ -424,6 +446,29 @@ async fn suspend_unsuspend_and_terminate_converge_on_the_real_servers() {
             "{event} in {events:?}"
         );
     }
+    // As of the head of the log, the folded view is the live one.
+    let head: i64 = sqlx::query_scalar("SELECT max(global_position) FROM events")
+        .fetch_one(&app.pool)
+        .await
+        .expect("head");
+    let get = |path: String| {
+        let request = app
+            .http
+            .get(format!("{}{path}", app.url))
+            .bearer_auth(&staff.token);
+        async move {
+            let r = request.send().await.expect("get");
+            assert_eq!(r.status(), StatusCode::OK);
+            r.json::<Value>().await.expect("json")
+        }
+    };
+    let live = get(format!("/api/subscriptions/{sub}")).await;
+    let mut then = get(format!("/api/subscriptions/{sub}?at={head}")).await;
+    then.as_object_mut().expect("object").remove("asOf");
+    assert_eq!(then, live);
+    assert_eq!(live["operation"], "TERMINATE");
+    assert_eq!(live["statusReason"], "contract ended");
+
     let verified = app.cli(&["events", "verify"]);
     assert!(verified.contains("\"ok\""), "{verified}");
 }
