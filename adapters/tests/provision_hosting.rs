@@ -2,8 +2,9 @@
 //! `SSH_*` and `HOSTING_ROOT` from `.stack/stack.env`). The sshd runs on this machine, so what
 //! the remote script did is checked straight on the filesystem.
 //!
-//! Each test works in its own `HOSTING_ROOT/test-<uuid>` with its own domain, so tests run in
-//! parallel and leave nothing that another run could trip over.
+//! Each test works in its own `HOSTING_ROOT/test-<uuid>` (archive `HOSTING_ROOT/test-<uuid>-archive`)
+//! with its own domain, so tests run in parallel and leave nothing that another run could trip
+//! over.
 
 use std::fs;
 use std::net::TcpListener;
@@ -42,6 +43,7 @@ fn require_env() {
 /// One test's world: its own root directory and domain on the real sshd.
 struct Fixture {
     root: PathBuf,
+    archive: PathBuf,
     domain: DomainName,
     provisioner: SshHostingProvisioner,
 }
@@ -55,24 +57,50 @@ impl Fixture {
         require_env();
         let id = Uuid::new_v4().simple().to_string();
         let mut config = HostingConfig::from_env().expect("hosting configuration from the env");
+        config.archive_dir = config.root_dir.join(format!("test-{id}-archive"));
         config.root_dir = config.root_dir.join(format!("test-{id}"));
         adjust(&mut config.target);
         let domain = DomainName::parse(&format!("t{}.example.test", &id[..12])).expect("domain");
         Self {
             root: config.root_dir.clone(),
+            archive: config.archive_dir.clone(),
             domain,
             provisioner: SshHostingProvisioner::new(config).expect("valid configuration"),
         }
     }
 
     fn request(&self) -> ProvisionRequest {
+        self.request_for(JobAction::Provision)
+    }
+
+    fn request_for(&self, action: JobAction) -> ProvisionRequest {
         ProvisionRequest {
             job_id: Uuid::new_v4(),
             subscription_id: Uuid::new_v4(),
             step: ProvisioningStep::Hosting,
             domain: self.domain.clone(),
-            action: JobAction::Provision,
+            action,
         }
+    }
+
+    async fn run(&self, action: JobAction) -> StepOutcome {
+        self.provisioner
+            .provision(&self.request_for(action))
+            .await
+            .unwrap_or_else(|e| panic!("{action} failed: {e}"))
+    }
+
+    fn changed(&self, action: JobAction, archived: Option<String>) -> StepOutcome {
+        StepOutcome::Changed {
+            action,
+            server: "web1".into(),
+            target: self.web_root().display().to_string(),
+            archived,
+        }
+    }
+
+    fn suspended_dir(&self) -> PathBuf {
+        self.account().join("suspended")
     }
 
     fn account(&self) -> PathBuf {
@@ -101,14 +129,35 @@ impl Fixture {
     }
 
     fn expected_vhost(&self) -> String {
+        self.vhost_with("", &self.web_root())
+    }
+
+    fn expected_suspended_vhost(&self) -> String {
+        self.vhost_with("# mpanel: suspended\n", &self.suspended_dir())
+    }
+
+    fn vhost_with(&self, marker: &str, doc_root: &Path) -> String {
         let d = &self.domain;
         format!(
-            "# Managed by mpanel (hosting script v1); rewritten on every provisioning run.\n\
-             server {{\n    listen 127.0.0.1:80;\n    server_name {d} www.{d};\n    \
+            "# Managed by mpanel (hosting script v2); rewritten on every provisioning run.\n\
+             {marker}server {{\n    listen 127.0.0.1:80;\n    server_name {d} www.{d};\n    \
              root {};\n    index index.html index.htm;\n    location / {{\n        \
              try_files $uri $uri/ =404;\n    }}\n}}\n",
-            self.web_root().display()
+            doc_root.display()
         )
+    }
+
+    fn assert_suspended(&self) {
+        assert_eq!(read(&self.vhost()), self.expected_suspended_vhost());
+        let page = read(&self.suspended_dir().join("index.html"));
+        assert!(page.contains("This site is suspended"), "{page}");
+        assert!(self.temp_files().is_empty(), "{:?}", self.temp_files());
+    }
+
+    fn assert_in_service(&self) {
+        assert_eq!(read(&self.vhost()), self.expected_vhost());
+        assert!(!self.suspended_dir().exists(), "placeholder directory gone");
+        assert!(self.temp_files().is_empty(), "{:?}", self.temp_files());
     }
 
     /// Files a crashed or concurrent run could leave behind.
@@ -127,6 +176,7 @@ impl Fixture {
 impl Drop for Fixture {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.root);
+        let _ = fs::remove_dir_all(&self.archive);
     }
 }
 
@@ -281,7 +331,7 @@ async fn remove_account_archives_the_web_root_and_is_idempotent() {
         .await
         .expect("provisioned");
     fs::write(f.web_root().join("index.html"), "customer site").expect("customer content");
-    let archive = f.root.join("archive");
+    let archive = f.archive.clone();
 
     let first = f
         .provisioner
@@ -309,12 +359,18 @@ async fn remove_account_archives_the_web_root_and_is_idempotent() {
 #[tokio::test]
 async fn remove_account_refuses_a_relative_archive_dir() {
     let f = Fixture::new();
-    let error = f
-        .provisioner
-        .remove_account(&f.domain, Path::new("archive"))
-        .await
-        .expect_err("relative");
-    assert!(matches!(error, ProvisionError::Permanent(_)), "{error}");
+    for bad in [
+        PathBuf::from("archive"),
+        f.root.join("archive"),
+        f.root.clone(),
+    ] {
+        let error = f
+            .provisioner
+            .remove_account(&f.domain, &bad)
+            .await
+            .expect_err("refused");
+        assert!(matches!(error, ProvisionError::Permanent(_)), "{error}");
+    }
 }
 
 #[tokio::test]
@@ -349,4 +405,135 @@ async fn run_script_passes_hostile_arguments_and_stdin_verbatim() {
     assert!(!Path::new("/tmp/mpanel-ssh-pwned").exists());
     let nul = target.run_script("true", &["a\0b".into()], None).await;
     assert!(matches!(nul, Err(SshError::InvalidInput(_))), "{nul:?}");
+}
+
+#[tokio::test]
+async fn suspend_serves_a_placeholder_keeps_content_and_unsuspend_restores_the_site() {
+    let f = Fixture::new();
+    f.run(JobAction::Provision).await;
+    let index = f.web_root().join("index.html");
+    fs::write(&index, "customer site").expect("customer content");
+    fs::write(f.web_root().join("about.html"), "more").expect("more customer content");
+
+    assert_eq!(
+        f.run(JobAction::Suspend).await,
+        f.changed(JobAction::Suspend, None)
+    );
+    f.assert_suspended();
+    assert_eq!(read(&index), "customer site", "public_html untouched");
+    assert_eq!(read(&f.web_root().join("about.html")), "more");
+
+    // A re-run converges: same outcome, nothing rewritten.
+    let mtime = |p: PathBuf| fs::metadata(p).and_then(|m| m.modified()).expect("mtime");
+    let (vhost_mtime, page_mtime) = (
+        mtime(f.vhost()),
+        mtime(f.suspended_dir().join("index.html")),
+    );
+    assert_eq!(
+        f.run(JobAction::Suspend).await,
+        f.changed(JobAction::Suspend, None)
+    );
+    f.assert_suspended();
+    assert_eq!(mtime(f.vhost()), vhost_mtime);
+    assert_eq!(mtime(f.suspended_dir().join("index.html")), page_mtime);
+
+    // Re-provisioning repairs without putting the site back in service.
+    assert_eq!(f.run(JobAction::Provision).await, f.expected_outcome());
+    f.assert_suspended();
+
+    assert_eq!(
+        f.run(JobAction::Unsuspend).await,
+        f.changed(JobAction::Unsuspend, None)
+    );
+    f.assert_in_service();
+    assert_eq!(read(&index), "customer site");
+    assert_eq!(
+        f.run(JobAction::Unsuspend).await,
+        f.changed(JobAction::Unsuspend, None)
+    );
+    f.assert_in_service();
+    assert_eq!(read(&index), "customer site");
+}
+
+#[tokio::test]
+async fn suspend_repairs_what_a_crashed_run_left() {
+    let f = Fixture::new();
+    f.run(JobAction::Provision).await;
+    // A suspend that died after making the directory and while writing the vhost: no page, a
+    // stale temp page and a half-written temp vhost, the vhost still the normal one.
+    fs::create_dir_all(f.suspended_dir()).expect("placeholder dir");
+    let stale_page = f.account().join(".suspended-index.html.tmp.4242");
+    fs::write(&stale_page, "<!DOCTYPE").expect("half page");
+    let stale_vhost = f.vhosts().join(format!(".{}.conf.tmp.4242", f.domain));
+    fs::write(&stale_vhost, "server {\n    listen").expect("half vhost");
+
+    assert_eq!(
+        f.run(JobAction::Suspend).await,
+        f.changed(JobAction::Suspend, None)
+    );
+    f.assert_suspended();
+    assert!(!stale_page.exists() && !stale_vhost.exists());
+
+    // An unsuspend that died after the vhost, before removing the directory.
+    fs::write(f.vhost(), f.expected_vhost()).expect("vhost back");
+    fs::write(f.vhosts().join(format!(".{}.conf.tmp.99", f.domain)), "x").expect("temp");
+    assert_eq!(
+        f.run(JobAction::Unsuspend).await,
+        f.changed(JobAction::Unsuspend, None)
+    );
+    f.assert_in_service();
+
+    // Suspending an account whose files are gone (a hand cleanup) still converges.
+    fs::remove_dir_all(f.account()).expect("account gone");
+    fs::remove_file(f.vhost()).expect("vhost gone");
+    f.run(JobAction::Suspend).await;
+    f.assert_suspended();
+    assert!(!f.web_root().exists(), "suspend creates no account content");
+    f.run(JobAction::Unsuspend).await;
+    f.assert_in_service();
+    assert!(
+        f.web_root().join("index.html").is_file(),
+        "converged like ensure"
+    );
+}
+
+#[tokio::test]
+async fn terminate_archives_the_account_into_the_configured_dir_and_converges() {
+    let f = Fixture::new();
+    f.run(JobAction::Provision).await;
+    fs::write(f.web_root().join("index.html"), "customer site").expect("customer content");
+    f.run(JobAction::Suspend).await;
+
+    let StepOutcome::Changed {
+        archived: Some(archived),
+        ..
+    } = f.run(JobAction::Terminate).await
+    else {
+        panic!("terminate archives the account");
+    };
+    let archived = PathBuf::from(archived);
+    assert!(archived.starts_with(&f.archive), "{}", archived.display());
+    assert_eq!(
+        f.run(JobAction::Terminate).await,
+        f.changed(JobAction::Terminate, None),
+        "nothing left the second time"
+    );
+    assert_eq!(
+        read(&archived.join("public_html").join("index.html")),
+        "customer site"
+    );
+    assert!(!f.account().exists());
+    assert!(!f.vhost().exists());
+    assert_eq!(fs::read_dir(&f.archive).expect("archive").count(), 1);
+
+    // A terminate interrupted after the vhost went (the account still there) finishes the move.
+    let g = Fixture::new();
+    g.run(JobAction::Provision).await;
+    fs::remove_file(g.vhost()).expect("vhost removed by the interrupted run");
+    let outcome = g.run(JobAction::Terminate).await;
+    assert!(
+        matches!(&outcome, StepOutcome::Changed { archived: Some(p), .. } if p.starts_with(&g.archive.display().to_string())),
+        "{outcome:?}"
+    );
+    assert!(!g.account().exists());
 }

@@ -1,6 +1,11 @@
 //! The hosting provisioner: an account (system user, home, web root, placeholder page, vhost)
 //! on a web server, made by one versioned, idempotent script run over SSH (DESIGN §4, ADR 0011).
 //!
+//! The request's [`JobAction`] picks what the script does: `Provision` converges the account,
+//! `Suspend` serves a placeholder page instead of the site (every file kept), `Unsuspend`
+//! converges back to the normal site, `Terminate` removes the vhost and moves the account to
+//! `HOSTING_ARCHIVE_DIR`. Each converges: a re-run after a success or a crash repairs.
+//!
 //! Nothing from a request reaches the remote shell raw: the domain is a [`DomainName`] (strict
 //! LDH syntax), the system user is derived from it ([`SystemUser`]), the directories come from
 //! operator configuration checked at start, and every value is single-quoted by
@@ -10,7 +15,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use mpanel_domain::job::StepOutcome;
+use mpanel_domain::job::{JobAction, StepOutcome};
 use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::values::DomainName;
 use sha2::{Digest, Sha256};
@@ -24,7 +29,7 @@ pub const SCRIPT: &str = include_str!("hosting_account.sh");
 
 /// The version the embedded script announces on its first line; a different one in the output
 /// means the output did not come from this script and is not trusted.
-pub const SCRIPT_VERSION: u32 = 1;
+pub const SCRIPT_VERSION: u32 = 2;
 
 /// The script's "invalid arguments" exit status (sysexits `EX_USAGE`): retrying cannot help.
 const EXIT_USAGE: i32 = 64;
@@ -38,6 +43,11 @@ pub struct HostingConfig {
     /// Where accounts live on the web server (`HOSTING_ROOT`, required): `ROOT/DOMAIN/` and
     /// `ROOT/vhosts/DOMAIN.conf`.
     pub root_dir: PathBuf,
+    /// Where terminated accounts are moved for the retention period (`HOSTING_ARCHIVE_DIR`,
+    /// default `HOSTING_ROOT` + `-archive`, e.g. `/srv/mpanel/hosting-archive`): a sibling of the
+    /// root, so on the same filesystem and the move is a rename, and outside it, so archives
+    /// never mix with live accounts. Created by the script when missing.
+    pub archive_dir: PathBuf,
     /// The address vhosts listen on (`HOSTING_WEB_IPV4`, default 127.0.0.1).
     pub web_ipv4: Ipv4Addr,
     /// Whether to create a system user per account (`HOSTING_CREATE_SYSTEM_USERS`, default
@@ -70,7 +80,13 @@ impl HostingConfig {
         let root_dir = env
             .get("HOSTING_ROOT")
             .ok_or_else(|| error("HOSTING_ROOT", "must be set".into()))?;
-        check_remote_dir(Path::new(&root_dir)).map_err(|e| error("HOSTING_ROOT", e))?;
+        let checked_root =
+            check_remote_dir(Path::new(&root_dir)).map_err(|e| error("HOSTING_ROOT", e))?;
+        let archive_dir = env
+            .get("HOSTING_ARCHIVE_DIR")
+            .unwrap_or_else(|| format!("{checked_root}-archive"));
+        check_archive_dir(Path::new(&archive_dir), &checked_root)
+            .map_err(|e| error("HOSTING_ARCHIVE_DIR", e))?;
         let web_ipv4 = match env.get("HOSTING_WEB_IPV4") {
             None => Ipv4Addr::LOCALHOST,
             Some(v) => v
@@ -94,11 +110,25 @@ impl HostingConfig {
         Ok(Self {
             target,
             root_dir: PathBuf::from(root_dir),
+            archive_dir: PathBuf::from(archive_dir),
             web_ipv4,
             create_system_users,
             server_name,
         })
     }
+}
+
+/// Checks an archive directory: a remote directory ([`check_remote_dir`]) that is neither the
+/// root directory nor inside it (a domain directory could be archived into itself, and the
+/// archive would look like accounts). Returns it without a trailing slash.
+fn check_archive_dir(archive_dir: &Path, root_dir: &str) -> Result<String, String> {
+    let archive = check_remote_dir(archive_dir)?;
+    if archive == root_dir || archive.starts_with(&format!("{root_dir}/")) {
+        return Err(format!(
+            "{archive:?} must be outside the hosting root {root_dir:?}"
+        ));
+    }
+    Ok(archive)
 }
 
 /// An account's Unix user name: `h` + the first 12 hex digits of SHA-256(domain).
@@ -142,6 +172,8 @@ pub struct SshHostingProvisioner {
     config: HostingConfig,
     /// `config.root_dir`, checked and without a trailing slash.
     root_dir: String,
+    /// `config.archive_dir`, checked and without a trailing slash.
+    archive_dir: String,
 }
 
 impl SshHostingProvisioner {
@@ -156,11 +188,21 @@ impl SshHostingProvisioner {
                 var: "HOSTING_ROOT".into(),
                 reason,
             })?;
+        let archive_dir = check_archive_dir(&config.archive_dir, &root_dir).map_err(|reason| {
+            ProvisionerConfigError {
+                var: "HOSTING_ARCHIVE_DIR".into(),
+                reason,
+            }
+        })?;
         check_server_name(&config.server_name).map_err(|reason| ProvisionerConfigError {
             var: "HOSTING_SERVER_NAME".into(),
             reason,
         })?;
-        Ok(Self { config, root_dir })
+        Ok(Self {
+            config,
+            root_dir,
+            archive_dir,
+        })
     }
 
     /// The configuration in use.
@@ -181,8 +223,107 @@ impl SshHostingProvisioner {
         format!("{}/vhosts/{domain}.conf", self.root_dir)
     }
 
-    /// Takes an account offline for termination: deletes its vhost, then moves its whole
-    /// directory (home and web root) to `archive_dir/DOMAIN.<UTC time>` for the retention
+    /// Where a suspended domain's placeholder page lives (the vhost's root while suspended);
+    /// beside the web root, so the customer's files are never touched.
+    #[must_use]
+    pub fn suspended_dir(&self, domain: &DomainName) -> String {
+        format!("{}/{domain}/suspended", self.root_dir)
+    }
+
+    /// The arguments `ensure` and `unsuspend` share after the action name.
+    fn account_args(&self, action: &str, domain: &DomainName) -> Vec<String> {
+        vec![
+            action.to_owned(),
+            self.root_dir.clone(),
+            SystemUser::for_domain(domain).to_string(),
+            domain.to_string(),
+            self.config.web_ipv4.to_string(),
+            if self.config.create_system_users {
+                "1"
+            } else {
+                "0"
+            }
+            .to_owned(),
+        ]
+    }
+
+    /// Converges the account (`ensure`); a suspended account stays suspended.
+    async fn ensure(&self, domain: &DomainName) -> Result<StepOutcome, ProvisionError> {
+        let args = self.account_args("ensure", domain);
+        let output = self.config.target.run_script(SCRIPT, &args, None).await?;
+        let line = checked_last_line(&output)?;
+        let web_root = self.web_root(domain);
+        let vhost_path = self.vhost_path(domain);
+        if line != format!("OK {web_root} {vhost_path}") {
+            return Err(unexpected_output());
+        }
+        let user = SystemUser::for_domain(domain);
+        tracing::info!(system_user = %user, web_root = %web_root, "hosting account converged");
+        Ok(StepOutcome::Hosting {
+            server: self.config.server_name.clone(),
+            system_user: user.to_string(),
+            web_root,
+            vhost_path,
+        })
+    }
+
+    /// Serves the placeholder page instead of the site; every file is kept.
+    async fn suspend(&self, domain: &DomainName) -> Result<StepOutcome, ProvisionError> {
+        let args = vec![
+            "suspend".to_owned(),
+            self.root_dir.clone(),
+            domain.to_string(),
+            self.config.web_ipv4.to_string(),
+        ];
+        let output = self.config.target.run_script(SCRIPT, &args, None).await?;
+        let line = checked_last_line(&output)?;
+        let expected = format!(
+            "SUSPENDED {} {}",
+            self.suspended_dir(domain),
+            self.vhost_path(domain)
+        );
+        if line != expected {
+            return Err(unexpected_output());
+        }
+        tracing::info!("hosting account suspended");
+        Ok(self.changed(JobAction::Suspend, domain, None))
+    }
+
+    /// Converges the account with its normal vhost and drops the placeholder directory.
+    async fn unsuspend(&self, domain: &DomainName) -> Result<StepOutcome, ProvisionError> {
+        let args = self.account_args("unsuspend", domain);
+        let output = self.config.target.run_script(SCRIPT, &args, None).await?;
+        let line = checked_last_line(&output)?;
+        let expected = format!(
+            "UNSUSPENDED {} {}",
+            self.web_root(domain),
+            self.vhost_path(domain)
+        );
+        if line != expected {
+            return Err(unexpected_output());
+        }
+        tracing::info!("hosting account unsuspended");
+        Ok(self.changed(JobAction::Unsuspend, domain, None))
+    }
+
+    /// What a lifecycle action reports: done to the domain's web root on this server.
+    fn changed(
+        &self,
+        action: JobAction,
+        domain: &DomainName,
+        archived: Option<String>,
+    ) -> StepOutcome {
+        StepOutcome::Changed {
+            action,
+            server: self.config.server_name.clone(),
+            target: self.web_root(domain),
+            archived,
+        }
+    }
+
+    /// Takes an account offline for termination (what [`JobAction::Terminate`] runs with the
+    /// configured archive directory): deletes its vhost, then moves its whole directory (home,
+    /// web root, a suspended placeholder) to `archive_dir/DOMAIN.<UTC time>` for the retention
     /// period. Idempotent: with nothing left to remove it succeeds and returns `None`;
     /// otherwise it returns where the files went. The system user is kept (its uid still owns
     /// the archived files); deleting it belongs to the end of retention.
@@ -191,7 +332,8 @@ impl SshHostingProvisioner {
     /// atomic rename.
     ///
     /// # Errors
-    /// [`ProvisionError`]: permanent for a bad `archive_dir` or SSH trust/auth problems,
+    /// [`ProvisionError`]: permanent for a bad `archive_dir` (not an absolute plain path, or
+    /// inside the hosting root) or SSH trust/auth problems,
     /// transient for network trouble or a failing host.
     #[tracing::instrument(name = "hosting.remove_account", skip_all, fields(domain = %domain))]
     pub async fn remove_account(
@@ -199,19 +341,25 @@ impl SshHostingProvisioner {
         domain: &DomainName,
         archive_dir: &Path,
     ) -> Result<Option<String>, ProvisionError> {
-        let archive_dir = check_remote_dir(archive_dir)
+        let archive_dir = check_archive_dir(archive_dir, &self.root_dir)
             .map_err(|e| ProvisionError::Permanent(format!("archive directory: {e}")))?;
         let args = vec![
             "remove".to_owned(),
             self.root_dir.clone(),
             domain.to_string(),
-            archive_dir,
+            archive_dir.clone(),
         ];
         let output = self.config.target.run_script(SCRIPT, &args, None).await?;
         let line = checked_last_line(&output)?;
         match line.strip_prefix("REMOVED ") {
-            Some("-") => Ok(None),
-            Some(path) if !path.is_empty() && !path.contains(' ') => Ok(Some(path.to_owned())),
+            Some("-") => {
+                tracing::info!("hosting account already removed");
+                Ok(None)
+            }
+            Some(path) if path.starts_with(&format!("{archive_dir}/")) && !path.contains(' ') => {
+                tracing::info!(archived = %path, "hosting account removed");
+                Ok(Some(path.to_owned()))
+            }
             _ => Err(unexpected_output()),
         }
     }
@@ -226,6 +374,7 @@ impl Provisioner for SshHostingProvisioner {
             job_id = %request.job_id,
             subscription_id = %request.subscription_id,
             domain = %request.domain,
+            action = %request.action,
         )
     )]
     async fn provision(&self, request: &ProvisionRequest) -> Result<StepOutcome, ProvisionError> {
@@ -236,34 +385,16 @@ impl Provisioner for SshHostingProvisioner {
             )));
         }
         let domain = &request.domain;
-        let user = SystemUser::for_domain(domain);
-        let args = vec![
-            "ensure".to_owned(),
-            self.root_dir.clone(),
-            user.to_string(),
-            domain.to_string(),
-            self.config.web_ipv4.to_string(),
-            if self.config.create_system_users {
-                "1"
-            } else {
-                "0"
+        match request.action {
+            JobAction::Provision => self.ensure(domain).await,
+            JobAction::Suspend => self.suspend(domain).await,
+            JobAction::Unsuspend => self.unsuspend(domain).await,
+            JobAction::Terminate => {
+                let archive_dir = PathBuf::from(&self.archive_dir);
+                let archived = self.remove_account(domain, &archive_dir).await?;
+                Ok(self.changed(JobAction::Terminate, domain, archived))
             }
-            .to_owned(),
-        ];
-        let output = self.config.target.run_script(SCRIPT, &args, None).await?;
-        let line = checked_last_line(&output)?;
-        let web_root = self.web_root(domain);
-        let vhost_path = self.vhost_path(domain);
-        if line != format!("OK {web_root} {vhost_path}") {
-            return Err(unexpected_output());
         }
-        tracing::info!(system_user = %user, web_root = %web_root, "hosting account converged");
-        Ok(StepOutcome::Hosting {
-            server: self.config.server_name.clone(),
-            system_user: user.to_string(),
-            web_root,
-            vhost_path,
-        })
     }
 }
 
@@ -359,6 +490,29 @@ mod tests {
         assert!(!config.create_system_users);
         assert_eq!(config.server_name, "web1");
         assert_eq!(config.target.port, 22);
+        assert_eq!(config.archive_dir, PathBuf::from("/srv/hosting-archive"));
+        env.insert("HOSTING_ROOT", "/srv/hosting/");
+        assert_eq!(
+            HostingConfig::from_lookup(&env).expect("valid").archive_dir,
+            PathBuf::from("/srv/hosting-archive"),
+            "a trailing slash does not end up inside the default"
+        );
+        for bad in [
+            "archive",
+            "/srv/hosting",
+            "/srv/hosting/archive",
+            "/srv/a b",
+        ] {
+            env.insert("HOSTING_ARCHIVE_DIR", bad);
+            let error = HostingConfig::from_lookup(&env).expect_err(bad);
+            assert_eq!(error.var, "HOSTING_ARCHIVE_DIR", "{bad}");
+        }
+        env.insert("HOSTING_ARCHIVE_DIR", "/srv/hosting-old");
+        assert_eq!(
+            HostingConfig::from_lookup(&env).expect("valid").archive_dir,
+            PathBuf::from("/srv/hosting-old")
+        );
+        env.remove("HOSTING_ARCHIVE_DIR");
 
         env.insert("HOSTING_ROOT", "srv");
         let error = HostingConfig::from_lookup(&env).expect_err("relative root");
@@ -390,11 +544,11 @@ mod tests {
 
     #[test]
     fn output_must_come_from_this_script_version() {
-        let good = output(0, "MPANEL_HOSTING_SCRIPT_VERSION=1\nOK /a /b\n", "");
+        let good = output(0, "MPANEL_HOSTING_SCRIPT_VERSION=2\nOK /a /b\n", "");
         assert_eq!(checked_last_line(&good), Ok("OK /a /b"));
         for stdout in [
             "OK /a /b\n",
-            "MPANEL_HOSTING_SCRIPT_VERSION=2\nOK /a /b\n",
+            "MPANEL_HOSTING_SCRIPT_VERSION=1\nOK /a /b\n",
             "",
         ] {
             assert!(

@@ -6,8 +6,20 @@
 #   ensure ROOT_DIR SYSTEM_USER DOMAIN WEB_IPV4 CREATE_SYSTEM_USER(0|1)
 #       Converges the account: ROOT_DIR/DOMAIN/{home,public_html}, a placeholder
 #       public_html/index.html only when there is none, ROOT_DIR/vhosts/DOMAIN.conf, and the
-#       system user when enabled. Safe to re-run after a success or a crash at any point.
+#       system user when enabled. A suspended account (its vhost carries the suspended marker)
+#       stays suspended: provisioning repairs, it does not put a site back in service.
+#       Safe to re-run after a success or a crash at any point.
 #       Last line: OK <web_root> <vhost_path>
+#   suspend ROOT_DIR DOMAIN WEB_IPV4
+#       Takes the site out of service and keeps every file: writes the placeholder
+#       ROOT_DIR/DOMAIN/suspended/index.html and points the vhost's root at that directory
+#       (the vhost is marked "# mpanel: suspended"). public_html is never touched. Converges
+#       from any state (parts missing, a crashed run's temp files).
+#       Last line: SUSPENDED <suspended_dir> <vhost_path>
+#   unsuspend ROOT_DIR SYSTEM_USER DOMAIN WEB_IPV4 CREATE_SYSTEM_USER(0|1)
+#       Converges as ensure does, but with the normal vhost (root public_html), then removes the
+#       suspended placeholder directory. Safe to re-run.
+#       Last line: UNSUSPENDED <web_root> <vhost_path>
 #   remove ROOT_DIR DOMAIN ARCHIVE_DIR
 #       Removes the vhost, then moves ROOT_DIR/DOMAIN to ARCHIVE_DIR/DOMAIN.<UTC time>.
 #       Safe to re-run. Last line: REMOVED <archived_path or ->
@@ -23,7 +35,7 @@ umask 022
 LC_ALL=C
 export LC_ALL
 
-MPANEL_HOSTING_SCRIPT_VERSION=1
+MPANEL_HOSTING_SCRIPT_VERSION=2
 printf 'MPANEL_HOSTING_SCRIPT_VERSION=%s\n' "$MPANEL_HOSTING_SCRIPT_VERSION"
 
 die_usage() {
@@ -93,10 +105,16 @@ check_ipv4() {
   [ "$parts" -eq 4 ] || die_usage "web address is not an IPv4 address"
 }
 
-# render_vhost DOMAIN IPV4 WEB_ROOT: the desired vhost file (nginx server block).
+# The vhost line that marks a suspended account; ensure keeps such an account suspended.
+SUSPENDED_MARKER='# mpanel: suspended'
+
+# render_vhost DOMAIN IPV4 DOC_ROOT [suspended]: the desired vhost file (nginx server block).
 render_vhost() {
   printf '# Managed by mpanel (hosting script v%s); rewritten on every provisioning run.\n' \
     "$MPANEL_HOSTING_SCRIPT_VERSION"
+  if [ "${4:-}" = suspended ]; then
+    printf '%s\n' "$SUSPENDED_MARKER"
+  fi
   printf 'server {\n'
   printf '    listen %s:80;\n' "$2"
   printf '    server_name %s www.%s;\n' "$1" "$1"
@@ -115,8 +133,70 @@ render_placeholder() {
   printf '<body><h1>%s</h1><p>This site is hosted by mpanel and has no content yet.</p></body>\n</html>\n' "$1"
 }
 
-ensure() {
-  [ "$#" -eq 5 ] || die_usage "ensure takes 5 arguments, got $#"
+# render_suspended DOMAIN: the page a suspended site serves instead of its content.
+render_suspended() {
+  printf '<!DOCTYPE html>\n<html lang="en">\n<head><meta charset="utf-8"><title>%s</title></head>\n' "$1"
+  printf '<body><h1>%s</h1><p>This site is suspended.</p></body>\n</html>\n' "$1"
+}
+
+# set_paths ROOT DOMAIN: the account's paths (ROOT without a trailing slash).
+set_paths() {
+  account="$1/$2"
+  home="$account/home"
+  web_root="$account/public_html"
+  suspended_dir="$account/suspended"
+  vhost_dir="$1/vhosts"
+  vhost="$vhost_dir/$2.conf"
+}
+
+# vhost_is_suspended: whether the current vhost carries the suspended marker.
+vhost_is_suspended() {
+  [ -f "$vhost" ] && grep -qxF "$SUSPENDED_MARKER" "$vhost"
+}
+
+# install_vhost DOMAIN IPV4 DOC_ROOT [suspended]: renders to a temp file (removing ones a
+# crashed run left), replaces atomically only when the content differs, so an unchanged vhost
+# keeps its mtime and a reader never sees half a file.
+install_vhost() {
+  mkdir -p "$vhost_dir"
+  [ ! -d "$vhost" ] || die "$vhost is a directory"
+  rm -f "$vhost_dir/.$1.conf.tmp."*
+  vhost_tmp="$vhost_dir/.$1.conf.tmp.$$"
+  render_vhost "$@" >"$vhost_tmp"
+  chmod 0644 "$vhost_tmp"
+  if [ -f "$vhost" ] && cmp -s "$vhost_tmp" "$vhost"; then
+    rm -f "$vhost_tmp"
+  else
+    mv -f "$vhost_tmp" "$vhost"
+  fi
+}
+
+# install_suspended_page DOMAIN: ROOT/DOMAIN/suspended/index.html, ours alone (root-owned,
+# nothing of the customer's), so it is replaced whenever it differs; written beside the
+# directory and renamed in, so a crash never serves half a page.
+install_suspended_page() {
+  mkdir -p "$account"
+  if [ -L "$suspended_dir" ] || { [ -e "$suspended_dir" ] && [ ! -d "$suspended_dir" ]; }; then
+    rm -f "$suspended_dir"
+  fi
+  mkdir -p "$suspended_dir"
+  chmod 0755 "$account" "$suspended_dir"
+  page="$suspended_dir/index.html"
+  [ ! -d "$page" ] || die "$page is a directory"
+  rm -f "$account/.suspended-index.html.tmp."*
+  page_tmp="$account/.suspended-index.html.tmp.$$"
+  render_suspended "$1" >"$page_tmp"
+  chmod 0644 "$page_tmp"
+  if [ -f "$page" ] && [ ! -L "$page" ] && cmp -s "$page_tmp" "$page"; then
+    rm -f "$page_tmp"
+  else
+    mv -f "$page_tmp" "$page"
+  fi
+}
+
+# converge_account ROOT USER DOMAIN IPV4 CREATE_USER: checks the arguments, then the system
+# user, home, web root and first placeholder page (not the vhost).
+converge_account() {
   root="$1"
   user="$2"
   domain="$3"
@@ -131,13 +211,8 @@ ensure() {
     *) die_usage "create_system_user must be 0 or 1" ;;
   esac
   root="${root%/}"
-
-  account="$root/$domain"
-  home="$account/home"
-  web_root="$account/public_html"
+  set_paths "$root" "$domain"
   index="$web_root/index.html"
-  vhost_dir="$root/vhosts"
-  vhost="$vhost_dir/$domain.conf"
 
   if [ "$create_user" = 1 ] && ! id -u "$user" >/dev/null 2>&1; then
     # A concurrent run may have created it in between: only a still-missing user is an error.
@@ -168,21 +243,45 @@ ensure() {
     rm -f "$index_tmp"
     [ -e "$index" ] || die "could not create $index"
   fi
+}
 
-  # Vhost: render to a temp file (removing ones a crashed run left), replace atomically only
-  # when the content differs, so an unchanged vhost keeps its mtime.
-  [ ! -d "$vhost" ] || die "$vhost is a directory"
-  rm -f "$vhost_dir/.$domain.conf.tmp."*
-  vhost_tmp="$vhost_dir/.$domain.conf.tmp.$$"
-  render_vhost "$domain" "$ipv4" "$web_root" >"$vhost_tmp"
-  chmod 0644 "$vhost_tmp"
-  if [ -f "$vhost" ] && cmp -s "$vhost_tmp" "$vhost"; then
-    rm -f "$vhost_tmp"
+ensure() {
+  [ "$#" -eq 5 ] || die_usage "ensure takes 5 arguments, got $#"
+  converge_account "$@"
+  if vhost_is_suspended; then
+    # Repair the suspension too, rather than putting the site back in service by accident.
+    install_suspended_page "$domain"
+    install_vhost "$domain" "$ipv4" "$suspended_dir" suspended
   else
-    mv -f "$vhost_tmp" "$vhost"
+    install_vhost "$domain" "$ipv4" "$web_root"
   fi
-
   printf 'OK %s %s\n' "$web_root" "$vhost"
+}
+
+suspend_site() {
+  [ "$#" -eq 3 ] || die_usage "suspend takes 3 arguments, got $#"
+  root="$1"
+  domain="$2"
+  ipv4="$3"
+  check_dir root_dir "$root"
+  check_domain "$domain"
+  check_ipv4 "$ipv4"
+  root="${root%/}"
+  set_paths "$root" "$domain"
+
+  # The page first, so the vhost never points at a directory without it.
+  install_suspended_page "$domain"
+  install_vhost "$domain" "$ipv4" "$suspended_dir" suspended
+  printf 'SUSPENDED %s %s\n' "$suspended_dir" "$vhost"
+}
+
+unsuspend_site() {
+  [ "$#" -eq 5 ] || die_usage "unsuspend takes 5 arguments, got $#"
+  converge_account "$@"
+  # The vhost first, so it never points at the placeholder directory once that is gone.
+  install_vhost "$domain" "$ipv4" "$web_root"
+  rm -rf "$suspended_dir" "$account/.suspended-index.html.tmp."*
+  printf 'UNSUSPENDED %s %s\n' "$web_root" "$vhost"
 }
 
 remove() {
@@ -221,11 +320,13 @@ remove() {
   printf 'REMOVED %s\n' "$archived"
 }
 
-[ "$#" -ge 1 ] || die_usage "missing action (ensure or remove)"
+[ "$#" -ge 1 ] || die_usage "missing action (ensure, suspend, unsuspend or remove)"
 action="$1"
 shift
 case "$action" in
   ensure) ensure "$@" ;;
+  suspend) suspend_site "$@" ;;
+  unsuspend) unsuspend_site "$@" ;;
   remove) remove "$@" ;;
-  *) die_usage "unknown action (want ensure or remove)" ;;
+  *) die_usage "unknown action (want ensure, suspend, unsuspend or remove)" ;;
 esac
