@@ -86,6 +86,7 @@ impl Fixture {
             .expect("MAIL_ROOT has a parent")
             .join("mail-archive-tests")
             .join(&id);
+        config.archive_dir.clone_from(&archive);
         Self {
             domain,
             provisioner: SshMailProvisioner::new(config).expect("valid configuration"),
@@ -94,12 +95,29 @@ impl Fixture {
     }
 
     fn request(&self) -> ProvisionRequest {
+        self.request_for(JobAction::Provision)
+    }
+
+    fn request_for(&self, action: JobAction) -> ProvisionRequest {
         ProvisionRequest {
             job_id: Uuid::new_v4(),
             subscription_id: Uuid::new_v4(),
             step: ProvisioningStep::Mail,
             domain: self.domain.clone(),
-            action: JobAction::Provision,
+            action,
+        }
+    }
+
+    async fn run(&self, action: JobAction) -> Result<StepOutcome, ProvisionError> {
+        self.provisioner.provision(&self.request_for(action)).await
+    }
+
+    fn changed(&self, action: JobAction, archived: Option<String>) -> StepOutcome {
+        StepOutcome::Changed {
+            action,
+            server: "mail1".into(),
+            target: self.address(),
+            archived,
         }
     }
 
@@ -585,4 +603,265 @@ async fn passwords_never_show_in_outcomes_or_errors() {
     ));
 
     fx.remove().await;
+}
+
+/// The passwd-file line of a suspended mailbox: the original one padded to the extra fields,
+/// with `nologin` and the reason Dovecot reports.
+fn suspended_line(line: &str) -> String {
+    format!("{line}::::::nologin reason=Mailbox-suspended")
+}
+
+#[tokio::test]
+async fn suspend_refuses_logins_keeps_everything_and_unsuspend_restores_them() {
+    let fx = Fixture::new();
+    fx.provision().await.expect("provision");
+    fx.set_password("Suspend-me-1234").await.expect("set");
+    assert_login_works(&fx.address(), "Suspend-me-1234");
+    let line = fx.passwd_lines();
+    assert_eq!(line.len(), 1);
+    fs::write(
+        fx.maildir().join("new").join("1.mail"),
+        "Subject: kept\r\n\r\nhi\r\n",
+    )
+    .expect("a message");
+
+    assert_eq!(
+        fx.run(JobAction::Suspend).await.expect("suspend"),
+        fx.changed(JobAction::Suspend, None)
+    );
+    assert_eq!(
+        fx.passwd_lines(),
+        vec![suspended_line(&line[0])],
+        "hash kept"
+    );
+    assert_passwd_file_readable_by_dovecot(fx.passwd_file());
+    assert_maildir(&fx.maildir());
+    assert!(
+        fx.maildir().join("new").join("1.mail").is_file(),
+        "mail kept"
+    );
+    assert_login_stops_working(&fx.address(), "Suspend-me-1234");
+    let answer = imap_login(&fx.address(), "Suspend-me-1234");
+    assert!(
+        answer.contains("Mailbox-suspended"),
+        "Dovecot says why: {answer}"
+    );
+
+    // Re-running converges: same outcome, same line (the file is shared with concurrent tests,
+    // so its mtime proves nothing here; the private-file test below checks bytes).
+    assert_eq!(
+        fx.run(JobAction::Suspend).await.expect("suspend again"),
+        fx.changed(JobAction::Suspend, None)
+    );
+    assert_eq!(fx.passwd_lines(), vec![suspended_line(&line[0])]);
+    // Provisioning again keeps the line as it is, suspended.
+    fx.provision().await.expect("re-provision");
+    assert_eq!(fx.passwd_lines(), vec![suspended_line(&line[0])]);
+    assert_login_refused(&fx.address(), "Suspend-me-1234");
+
+    assert_eq!(
+        fx.run(JobAction::Unsuspend).await.expect("unsuspend"),
+        fx.changed(JobAction::Unsuspend, None)
+    );
+    assert_eq!(
+        fx.passwd_lines(),
+        line,
+        "the line is back to its original form"
+    );
+    assert_login_works(&fx.address(), "Suspend-me-1234");
+    assert_eq!(
+        fx.run(JobAction::Unsuspend).await.expect("unsuspend again"),
+        fx.changed(JobAction::Unsuspend, None)
+    );
+    assert_eq!(fx.passwd_lines(), line);
+    assert_login_works(&fx.address(), "Suspend-me-1234");
+
+    fx.remove().await;
+}
+
+#[tokio::test]
+async fn suspend_keeps_other_extra_fields_and_repairs_duplicates() {
+    let fx = Fixture::new();
+    fx.provision().await.expect("provision");
+    fx.set_password("Extra-fields-123").await.expect("set");
+    // A hand-edited line with fields of its own (a userdb override with a colon in its value)
+    // and, below it, a duplicate that Dovecot ignores.
+    let original = fx.passwd_lines().remove(0);
+    let edited = format!("{original}:::::: userdb_quota_rule=*:storage=1G");
+    replace_passwd_line(
+        fx.passwd_file(),
+        &fx.address(),
+        &format!("{edited}\n{original}"),
+    );
+    assert_eq!(fx.passwd_lines(), vec![edited, original.clone()]);
+
+    fx.run(JobAction::Suspend).await.expect("suspend");
+    assert_eq!(
+        fx.passwd_lines(),
+        vec![format!(
+            "{original}::::::userdb_quota_rule=*:storage=1G nologin reason=Mailbox-suspended"
+        )]
+    );
+    assert_login_stops_working(&fx.address(), "Extra-fields-123");
+    fx.run(JobAction::Unsuspend).await.expect("unsuspend");
+    assert_eq!(
+        fx.passwd_lines(),
+        vec![format!("{original}::::::userdb_quota_rule=*:storage=1G")]
+    );
+    assert_login_works(&fx.address(), "Extra-fields-123");
+
+    fx.remove().await;
+}
+
+/// Puts `lines` in place of the shared passwd-file's line for `address`, the way the script
+/// edits it (under its lock, read and rewrite together; temp file with the same owner, mode and
+/// a later mtime; rename), so concurrent tests lose nothing and Dovecot notices.
+fn replace_passwd_line(passwd: &Path, address: &str, lines: &str) {
+    let status = Command::new("flock")
+        .arg(format!("{}.lock", passwd.display()))
+        .arg("sh")
+        .arg("-c")
+        .arg(
+            "tmp=\"$1.test-tmp.$$\" && \
+             awk -F: -v u=\"$2\" '$1 == u { print ENVIRON[\"LINES\"]; next } { print }' \"$1\" \
+               >\"$tmp\" && \
+             chown --reference=\"$1\" \"$tmp\" && chmod --reference=\"$1\" \"$tmp\" && \
+             touch -d @$(($(stat -c %Y \"$1\") + 1)) \"$tmp\" && mv -f \"$tmp\" \"$1\"",
+        )
+        .arg("replace")
+        .arg(passwd)
+        .arg(address)
+        .env("LINES", lines)
+        .status()
+        .expect("flock runs");
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn suspending_a_missing_mailbox_is_permanent_and_creates_nothing() {
+    let fx = Fixture::new();
+    for action in [JobAction::Suspend, JobAction::Unsuspend] {
+        let error = fx.run(action).await.expect_err("no mailbox");
+        assert!(
+            matches!(&error, ProvisionError::Permanent(m) if m.contains("status 67")),
+            "{error:?}"
+        );
+    }
+    assert!(fx.passwd_lines().is_empty());
+    assert!(!fx.maildir().exists());
+}
+
+/// Clears the immutable flag of a file even when the test fails half-way.
+struct Immutable<'a>(&'a Path);
+
+impl<'a> Immutable<'a> {
+    fn set(path: &'a Path) -> Self {
+        let status = Command::new("chattr").arg("+i").arg(path).status();
+        assert!(
+            matches!(status, Ok(s) if s.success()),
+            "chattr +i {path:?}: {status:?}"
+        );
+        Self(path)
+    }
+}
+
+impl Drop for Immutable<'_> {
+    fn drop(&mut self) {
+        let _ = Command::new("chattr").arg("-i").arg(self.0).status();
+    }
+}
+
+/// A passwd-file root cannot write (immutable) fails the lifecycle actions permanently, with
+/// the path in the message, and changes nothing; once fixed, the same job succeeds. Run on a
+/// private passwd-file, since Dovecot's is shared with concurrent tests.
+#[tokio::test]
+async fn an_unwritable_passwd_file_fails_permanently_changes_nothing_and_recovers() {
+    let dir = PathBuf::from(format!(
+        "/var/tmp/mpanel-mail-ro-{}",
+        Uuid::new_v4().simple()
+    ));
+    fs::create_dir_all(&dir).expect("dir");
+    let passwd = dir.join("passwd");
+    let fx = Fixture::with_config(|c| c.passwd_file.clone_from(&passwd));
+    let line = format!("{}:{{SHA512-CRYPT}}$6$salt$hash", fx.address());
+    let content = format!("other@example.org:{{SHA512-CRYPT}}$6$a$b\n{line}\n");
+    fs::write(&passwd, &content).expect("private passwd-file");
+    fs::set_permissions(&passwd, fs::Permissions::from_mode(0o640)).expect("mode");
+
+    {
+        let _frozen = Immutable::set(&passwd);
+        for action in [
+            JobAction::Suspend,
+            JobAction::Unsuspend,
+            JobAction::Terminate,
+        ] {
+            let error = fx.run(action).await.expect_err("not writable");
+            let ProvisionError::Permanent(message) = &error else {
+                panic!("{action}: expected a permanent error, got {error:?}");
+            };
+            assert!(message.contains("status 78"), "{message}");
+            assert!(message.contains("not writable"), "{message}");
+            assert!(message.contains(&passwd.display().to_string()), "{message}");
+        }
+        assert_eq!(fs::read_to_string(&passwd).expect("read"), content);
+    }
+
+    assert_eq!(
+        fx.run(JobAction::Suspend).await.expect("fixed"),
+        fx.changed(JobAction::Suspend, None)
+    );
+    assert_eq!(
+        passwd_lines_for(&passwd, &fx.address()),
+        vec![suspended_line(&line)]
+    );
+    fx.run(JobAction::Unsuspend).await.expect("unsuspend");
+    assert_eq!(
+        fs::read_to_string(&passwd).expect("read"),
+        content,
+        "byte for byte"
+    );
+    drop(fx);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn terminate_deletes_the_line_archives_the_maildir_and_converges() {
+    let fx = Fixture::new();
+    fx.provision().await.expect("provision");
+    fx.set_password("Terminate-me-123").await.expect("set");
+    fs::write(
+        fx.maildir().join("new").join("1.mail"),
+        "Subject: kept\r\n\r\nhi\r\n",
+    )
+    .expect("a message");
+    fx.run(JobAction::Suspend).await.expect("suspended first");
+
+    let outcome = fx.run(JobAction::Terminate).await.expect("terminate");
+    let StepOutcome::Changed {
+        archived: Some(archived),
+        ..
+    } = &outcome
+    else {
+        panic!("the Maildir is archived: {outcome:?}");
+    };
+    assert_eq!(
+        outcome,
+        fx.changed(JobAction::Terminate, Some(archived.clone()))
+    );
+    assert!(Path::new(archived).starts_with(&fx.archive), "{archived}");
+    assert!(
+        Path::new(archived).join("new").join("1.mail").is_file(),
+        "mail kept"
+    );
+    assert!(fx.passwd_lines().is_empty());
+    assert!(!fx.maildir().exists());
+    assert_passwd_file_readable_by_dovecot(fx.passwd_file());
+    assert_login_stops_working(&fx.address(), "Terminate-me-123");
+
+    assert_eq!(
+        fx.run(JobAction::Terminate).await.expect("again"),
+        fx.changed(JobAction::Terminate, None),
+        "nothing left the second time"
+    );
+    assert_eq!(fs::read_dir(&fx.archive).expect("archive").count(), 1);
 }

@@ -2,6 +2,11 @@
 //! SHA512-CRYPT hash, and a Maildir owned by the virtual mail user — made by one versioned,
 //! idempotent script run over SSH (DESIGN §4, ADR 0012).
 //!
+//! The request's [`JobAction`] picks what the script does: `Provision` converges the mailbox,
+//! `Suspend` refuses its logins (Dovecot's `nologin` extra field; hash and mail kept),
+//! `Unsuspend` lets it log in again, `Terminate` deletes its line and moves its Maildir to
+//! `MAIL_ARCHIVE_DIR`. Each converges: a re-run after a success or a crash changes nothing more.
+//!
 //! Why it looks the way it does:
 //! - One mailbox per subscription for now, `postmaster@DOMAIN`: RFC 2142 requires that address
 //!   for every domain that receives mail, so it is the one mailbox every plan needs.
@@ -23,7 +28,7 @@
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
-use mpanel_domain::job::StepOutcome;
+use mpanel_domain::job::{JobAction, StepOutcome};
 use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::values::DomainName;
 use rand::distributions::Alphanumeric;
@@ -40,7 +45,7 @@ pub const SCRIPT: &str = include_str!("mail_account.sh");
 
 /// The version the embedded script announces on its first line; a different one in the output
 /// means the output did not come from this script and is not trusted.
-pub const SCRIPT_VERSION: u32 = 2;
+pub const SCRIPT_VERSION: u32 = 3;
 
 /// Length of the initial random password: 32 alphanumeric characters from the OS's CSPRNG are
 /// about 190 bits, beyond any guessing, and need no escaping anywhere.
@@ -70,6 +75,11 @@ pub struct MailConfig {
     pub passwd_file: PathBuf,
     /// The Maildir root, Dovecot's `mail_location = maildir:ROOT/%d/%n` (`MAIL_ROOT`, required).
     pub mail_root: PathBuf,
+    /// Where terminated mailboxes' Maildirs are moved for the retention period
+    /// (`MAIL_ARCHIVE_DIR`, default `MAIL_ROOT` + `-archive`): a sibling of the mail root, so on
+    /// its filesystem (the move is a rename) and outside what Dovecot serves. Created by the
+    /// script when missing.
+    pub archive_dir: PathBuf,
     /// The host's name as recorded in the outcome and read models (`MAIL_SERVER_NAME`, default
     /// `mail1`).
     pub server_name: String,
@@ -108,6 +118,15 @@ impl MailConfig {
         };
         let passwd_file = path("MAIL_PASSWD_FILE")?;
         let mail_root = path("MAIL_ROOT")?;
+        let archive_dir = env.get("MAIL_ARCHIVE_DIR").unwrap_or_else(|| {
+            format!(
+                "{}-archive",
+                mail_root.display().to_string().trim_end_matches('/')
+            )
+        });
+        let root_text = mail_root.display().to_string();
+        check_archive_dir(Path::new(&archive_dir), root_text.trim_end_matches('/'))
+            .map_err(|e| error("MAIL_ARCHIVE_DIR", e))?;
         let server_name = env
             .get("MAIL_SERVER_NAME")
             .unwrap_or_else(|| "mail1".to_owned());
@@ -123,11 +142,25 @@ impl MailConfig {
             target,
             passwd_file,
             mail_root,
+            archive_dir: PathBuf::from(archive_dir),
             server_name,
             vmail_uid: id("MAIL_VMAIL_UID")?,
             vmail_gid: id("MAIL_VMAIL_GID")?,
         })
     }
+}
+
+/// Checks an archive directory: a remote directory ([`check_remote_dir`]) that is neither the
+/// mail root nor inside it (Dovecot would see archived Maildirs as mail domains). Returns it
+/// without a trailing slash.
+fn check_archive_dir(archive_dir: &Path, mail_root: &str) -> Result<String, String> {
+    let archive = check_remote_dir(archive_dir)?;
+    if archive == mail_root || archive.starts_with(&format!("{mail_root}/")) {
+        return Err(format!(
+            "{archive:?} must be outside the mail root {mail_root:?}"
+        ));
+    }
+    Ok(archive)
 }
 
 /// The part of a mail address before the `@`, restricted to what is safe as a passwd-file key
@@ -201,6 +234,8 @@ pub struct SshMailProvisioner {
     passwd_file: String,
     /// `config.mail_root`, checked and without a trailing slash.
     mail_root: String,
+    /// `config.archive_dir`, checked and without a trailing slash.
+    archive_dir: String,
 }
 
 impl SshMailProvisioner {
@@ -217,6 +252,8 @@ impl SshMailProvisioner {
         let passwd_file =
             check_remote_dir(&config.passwd_file).map_err(error("MAIL_PASSWD_FILE"))?;
         let mail_root = check_remote_dir(&config.mail_root).map_err(error("MAIL_ROOT"))?;
+        let archive_dir = check_archive_dir(&config.archive_dir, &mail_root)
+            .map_err(error("MAIL_ARCHIVE_DIR"))?;
         check_server_name(&config.server_name).map_err(error("MAIL_SERVER_NAME"))?;
         for (var, id) in [
             ("MAIL_VMAIL_UID", config.vmail_uid),
@@ -230,6 +267,7 @@ impl SshMailProvisioner {
             config,
             passwd_file,
             mail_root,
+            archive_dir,
         })
     }
 
@@ -282,6 +320,43 @@ impl SshMailProvisioner {
             return Err(unexpected_output());
         }
         Ok((address, maildir))
+    }
+
+    /// Suspends (`suspend`) or unsuspends (`unsuspend`) one mailbox's logins; see the script.
+    async fn change_login(
+        &self,
+        action: JobAction,
+        domain: &DomainName,
+        localpart: &LocalPart,
+    ) -> Result<StepOutcome, ProvisionError> {
+        let (verb, done) = match action {
+            JobAction::Suspend => ("suspend", "SUSPENDED"),
+            JobAction::Unsuspend => ("unsuspend", "UNSUSPENDED"),
+            JobAction::Provision | JobAction::Terminate => {
+                return Err(ProvisionError::Permanent(format!(
+                    "{action} does not change a mailbox's logins"
+                )))
+            }
+        };
+        let args = vec![
+            verb.to_owned(),
+            self.passwd_file.clone(),
+            domain.to_string(),
+            localpart.to_string(),
+        ];
+        let output = self.config.target.run_script(SCRIPT, &args, None).await?;
+        let line = checked_last_line(&output)?;
+        let address = Self::address(domain, localpart);
+        if line != format!("{done} {address}") {
+            return Err(unexpected_output());
+        }
+        tracing::info!(mail_address = %address, "mailbox {verb}ed");
+        Ok(StepOutcome::Changed {
+            action,
+            server: self.config.server_name.clone(),
+            target: address,
+            archived: None,
+        })
     }
 
     /// Sets a mailbox's password (the customer's choice, or a reset). Converging: setting it
@@ -381,7 +456,8 @@ impl SshMailProvisioner {
         Ok(status.in_passwd_file || status.maildir)
     }
 
-    /// Takes a mailbox offline for termination: deletes its passwd-file line (logins stop),
+    /// Takes a mailbox offline for termination (what [`JobAction::Terminate`] runs with the
+    /// configured archive directory): deletes its passwd-file line (logins stop),
     /// then moves its Maildir to `archive_dir/LOCALPART@DOMAIN.<UTC time>` for the retention
     /// period. Idempotent: with nothing left it succeeds and returns `None`; otherwise it
     /// returns where the mail went. `archive_dir` should be on the mail root's filesystem (an
@@ -401,7 +477,7 @@ impl SshMailProvisioner {
         localpart: &LocalPart,
         archive_dir: &Path,
     ) -> Result<Option<String>, ProvisionError> {
-        let archive_dir = check_remote_dir(archive_dir)
+        let archive_dir = check_archive_dir(archive_dir, &self.mail_root)
             .map_err(|e| ProvisionError::Permanent(format!("archive directory: {e}")))?;
         let args = vec![
             "remove".to_owned(),
@@ -409,14 +485,14 @@ impl SshMailProvisioner {
             self.mail_root.clone(),
             domain.to_string(),
             localpart.to_string(),
-            archive_dir,
+            archive_dir.clone(),
         ];
         let output = self.config.target.run_script(SCRIPT, &args, None).await?;
         let line = checked_last_line(&output)?;
         let prefix = format!("REMOVED {} ", Self::address(domain, localpart));
         match line.strip_prefix(&prefix) {
             Some("-") => Ok(None),
-            Some(path) if path.starts_with('/') && !path.contains(' ') => {
+            Some(path) if path.starts_with(&format!("{archive_dir}/")) && !path.contains(' ') => {
                 tracing::info!(archived = %path, "mailbox removed");
                 Ok(Some(path.to_owned()))
             }
@@ -434,6 +510,7 @@ impl Provisioner for SshMailProvisioner {
             job_id = %request.job_id,
             subscription_id = %request.subscription_id,
             domain = %request.domain,
+            action = %request.action,
         )
     )]
     async fn provision(&self, request: &ProvisionRequest) -> Result<StepOutcome, ProvisionError> {
@@ -443,15 +520,34 @@ impl Provisioner for SshMailProvisioner {
                 request.step
             )));
         }
-        let (address, maildir) = self
-            .ensure(&request.domain, &LocalPart::postmaster())
-            .await?;
-        tracing::info!(mail_address = %address, maildir = %maildir, "mailbox converged");
-        Ok(StepOutcome::Mail {
-            address,
-            server: self.config.server_name.clone(),
-            maildir,
-        })
+        let domain = &request.domain;
+        let postmaster = LocalPart::postmaster();
+        match request.action {
+            JobAction::Provision => {
+                let (address, maildir) = self.ensure(domain, &postmaster).await?;
+                tracing::info!(mail_address = %address, maildir = %maildir, "mailbox converged");
+                Ok(StepOutcome::Mail {
+                    address,
+                    server: self.config.server_name.clone(),
+                    maildir,
+                })
+            }
+            action @ (JobAction::Suspend | JobAction::Unsuspend) => {
+                self.change_login(action, domain, &postmaster).await
+            }
+            JobAction::Terminate => {
+                let archive_dir = PathBuf::from(&self.archive_dir);
+                let archived = self
+                    .remove_mailbox(domain, &postmaster, &archive_dir)
+                    .await?;
+                Ok(StepOutcome::Changed {
+                    action: JobAction::Terminate,
+                    server: self.config.server_name.clone(),
+                    target: Self::address(domain, &postmaster),
+                    archived,
+                })
+            }
+        }
     }
 }
 
@@ -564,6 +660,7 @@ mod tests {
         let config = MailConfig::from_lookup(&env).expect("valid");
         assert_eq!(config.server_name, "mail1");
         assert_eq!((config.vmail_uid, config.vmail_gid), (5000, 5000));
+        assert_eq!(config.archive_dir, PathBuf::from("/var/vmail-archive"));
         let provisioner = SshMailProvisioner::new(config).expect("valid");
         let domain = DomainName::parse("Example.com").expect("domain");
         assert_eq!(
@@ -577,6 +674,9 @@ mod tests {
             ("MAIL_SERVER_NAME", "mail 1"),
             ("MAIL_VMAIL_UID", "0"),
             ("MAIL_VMAIL_GID", "vmail"),
+            ("MAIL_ARCHIVE_DIR", "archive"),
+            ("MAIL_ARCHIVE_DIR", "/var/vmail"),
+            ("MAIL_ARCHIVE_DIR", "/var/vmail/old"),
         ] {
             let mut env = env.clone();
             env.insert(var, bad);
@@ -664,9 +764,9 @@ mod tests {
 
     #[test]
     fn output_must_come_from_this_script_version() {
-        let good = output(0, "MPANEL_MAIL_SCRIPT_VERSION=2\nOK a b\n", "");
+        let good = output(0, "MPANEL_MAIL_SCRIPT_VERSION=3\nOK a b\n", "");
         assert_eq!(checked_last_line(&good), Ok("OK a b"));
-        for stdout in ["OK a b\n", "MPANEL_MAIL_SCRIPT_VERSION=1\nOK a b\n", ""] {
+        for stdout in ["OK a b\n", "MPANEL_MAIL_SCRIPT_VERSION=2\nOK a b\n", ""] {
             assert!(
                 checked_last_line(&output(0, stdout, "")).is_err(),
                 "{stdout:?}"

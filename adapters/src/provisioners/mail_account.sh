@@ -13,6 +13,16 @@
 #   set-password PASSWD_FILE DOMAIN LOCALPART
 #       Replaces the hash in the address's line with the hash of the password read from
 #       standard input. The mailbox must exist (exit 67 otherwise). Last line: PASSWORD_SET <address>
+#   suspend PASSWD_FILE DOMAIN LOCALPART
+#       Refuses the address's logins and keeps its password hash and Maildir: adds Dovecot's
+#       `nologin` and `reason=Mailbox-suspended` extra fields to its line (padding the empty
+#       uid..shell fields; other extra fields are kept), then asks Dovecot to forget cached
+#       credentials and close the address's sessions. The mailbox must exist (exit 67).
+#       Safe to re-run. Last line: SUSPENDED <address>
+#   unsuspend PASSWD_FILE DOMAIN LOCALPART
+#       Removes exactly those two fields and the empty fields that padded them, so the line
+#       returns to its form before the suspension. The mailbox must exist (exit 67).
+#       Safe to re-run. Last line: UNSUSPENDED <address>
 #   status PASSWD_FILE MAIL_ROOT DOMAIN LOCALPART
 #       Last line: STATUS <address> <line: 0|1> <maildir: 0|1>
 #   remove PASSWD_FILE MAIL_ROOT DOMAIN LOCALPART ARCHIVE_DIR
@@ -41,7 +51,7 @@ umask 077
 LC_ALL=C
 export LC_ALL
 
-MPANEL_MAIL_SCRIPT_VERSION=2
+MPANEL_MAIL_SCRIPT_VERSION=3
 printf 'MPANEL_MAIL_SCRIPT_VERSION=%s\n' "$MPANEL_MAIL_SCRIPT_VERSION"
 
 # What a failed or interrupted run leaves is removed on the way out: its temp file (the flock
@@ -298,6 +308,100 @@ set_password() {
   printf 'PASSWORD_SET %s\n' "$address"
 }
 
+# The extra field that tells a suspended mailbox's user why the login failed. Dovecot splits
+# extra fields at spaces and has no escape for them, hence the hyphen.
+SUSPEND_REASON='reason=Mailbox-suspended'
+
+# login_fields MODE ADDRESS FILE: FILE with the address's (first) line given (MODE suspend) or
+# rid of (MODE unsuspend) the `nologin` and $SUSPEND_REASON extra fields; later duplicates of
+# the line go, every other line is printed as it is.
+# passwd-file lines are user:password:uid:gid:gecos:home:shell:extra_fields, and Dovecot joins
+# whatever follows the seventh colon back into the extra fields (values may contain colons,
+# e.g. userdb_mail=maildir:/path), so fields 8.. are one space-separated list here too.
+login_fields() {
+  awk -v mode="$1" -v u="$2" -v reason="$SUSPEND_REASON" '
+    BEGIN { FS = ":" }
+    $1 != u { print; next }
+    seen { next }
+    {
+      seen = 1
+      n = split($0, f, ":")
+      extra = ""
+      for (i = 8; i <= n; i++) extra = extra (i > 8 ? ":" : "") f[i]
+      m = split(extra, t, " ")
+      kept = ""
+      for (i = 1; i <= m; i++)
+        if (t[i] != "nologin" && t[i] != reason) kept = kept (kept == "" ? "" : " ") t[i]
+      if (mode == "suspend") kept = kept (kept == "" ? "" : " ") "nologin " reason
+      for (i = 1; i <= 7; i++) g[i] = (i <= n ? f[i] : "")
+      g[8] = kept
+      # Trailing empty fields are padding (they mean nothing to Dovecot): drop them, keeping
+      # at least user:password.
+      k = 8
+      while (k > 2 && g[k] == "") k--
+      line = g[1]
+      for (i = 2; i <= k; i++) line = line ":" g[i]
+      print line
+    }
+  ' "$3"
+}
+
+# notify_dovecot ADDRESS [kick]: asks the local Dovecot, when doveadm can reach it, to drop the
+# address's cached credentials (an auth_cache would otherwise answer from the old line until its
+# TTL) and, with `kick`, to close the address's open sessions (a suspended user keeps no IMAP
+# session). Best effort and bounded: without a reachable Dovecot, or without auth caching, the
+# passwd-file change alone takes effect at the next login, within a second.
+notify_dovecot() {
+  command -v doveadm >/dev/null 2>&1 || return 0
+  bounded=
+  command -v timeout >/dev/null 2>&1 && bounded=1
+  for what in "auth cache flush" ${2:+kick}; do
+    # shellcheck disable=SC2086 # $what is two or three fixed words
+    if [ -n "$bounded" ]; then
+      timeout 5 doveadm $what "$1" </dev/null >/dev/null 2>&1 || :
+    else
+      doveadm $what "$1" </dev/null >/dev/null 2>&1 || :
+    fi
+  done
+}
+
+# change_login MODE PASSWD_FILE DOMAIN LOCALPART: suspend or unsuspend, see the header.
+change_login() {
+  [ "$#" -eq 4 ] || die_usage "$1 takes 3 arguments, got $(($# - 1))"
+  mode="$1"
+  passwd="$2"
+  domain="$3"
+  localpart="$4"
+  check_path passwd_file "$passwd"
+  check_domain "$domain"
+  check_localpart "$localpart"
+  address="$localpart@$domain"
+  check_passwd_file "$passwd"
+
+  lock_passwd_file "$passwd"
+  if [ "$(count_lines "$passwd" "$address")" -eq 0 ]; then
+    printf 'mpanel-mail: there is no mailbox %s\n' "$address" >&2
+    exit 67
+  fi
+  start_rewrite "$passwd"
+  login_fields "$mode" "$address" "$passwd" >"$tmp"
+  [ "$(count_lines "$tmp" "$address")" -eq 1 ] || die "the new passwd-file is not as expected"
+  if cmp -s "$tmp" "$passwd"; then
+    # Already in the desired state: the file (and its mtime) stay as they are.
+    rm -f "$tmp"
+    tmp=
+  else
+    finish_rewrite "$passwd"
+  fi
+  if [ "$mode" = suspend ]; then
+    notify_dovecot "$address" kick
+    printf 'SUSPENDED %s\n' "$address"
+  else
+    notify_dovecot "$address"
+    printf 'UNSUSPENDED %s\n' "$address"
+  fi
+}
+
 status() {
   [ "$#" -eq 4 ] || die_usage "status takes 4 arguments, got $#"
   passwd="$1"
@@ -366,13 +470,15 @@ remove() {
   printf 'REMOVED %s %s\n' "$address" "$archived"
 }
 
-[ "$#" -ge 1 ] || die_usage "missing action (ensure, set-password, status or remove)"
+[ "$#" -ge 1 ] || die_usage "missing action (ensure, set-password, suspend, unsuspend, status or remove)"
 action="$1"
 shift
 case "$action" in
   ensure) ensure "$@" ;;
   set-password) set_password "$@" ;;
+  suspend) change_login suspend "$@" ;;
+  unsuspend) change_login unsuspend "$@" ;;
   status) status "$@" ;;
   remove) remove "$@" ;;
-  *) die_usage "unknown action (want ensure, set-password, status or remove)" ;;
+  *) die_usage "unknown action (want ensure, set-password, suspend, unsuspend, status or remove)" ;;
 esac
