@@ -84,12 +84,16 @@ impl Drop for TestZone {
 }
 
 fn request(domain: &DomainName) -> ProvisionRequest {
+    request_for(domain, JobAction::Provision)
+}
+
+fn request_for(domain: &DomainName, action: JobAction) -> ProvisionRequest {
     ProvisionRequest {
         job_id: Uuid::new_v4(),
         subscription_id: Uuid::new_v4(),
         step: ProvisioningStep::Dns,
         domain: domain.clone(),
-        action: JobAction::Provision,
+        action,
     }
 }
 
@@ -345,4 +349,102 @@ async fn removing_a_zone_is_idempotent() {
 
     assert_eq!(p.zone_records(domain).await.expect("read"), None);
     assert_eq!(dig(&format!("www.{domain}"), "A"), "", "no longer served");
+}
+
+#[tokio::test]
+async fn terminate_deletes_the_zone_and_converges() {
+    let p = provisioner();
+    let zone = TestZone::new();
+    let domain = &zone.0;
+    p.provision(&request(domain)).await.expect("provisioned");
+    assert_eq!(dig(domain.as_str(), "A"), WEB_IP);
+    let terminated = StepOutcome::Changed {
+        action: JobAction::Terminate,
+        server: "powerdns".into(),
+        target: domain.fqdn(),
+        archived: None,
+    };
+
+    let first = p
+        .provision(&request_for(domain, JobAction::Terminate))
+        .await
+        .expect("terminated");
+    assert_eq!(first, terminated);
+    assert_eq!(p.zone_records(domain).await.expect("read"), None);
+    assert_eq!(dig(domain.as_str(), "A"), "", "no longer served");
+
+    // A retried job (the first attempt's answer lost) finds nothing left and succeeds alike.
+    let again = p
+        .provision(&request_for(domain, JobAction::Terminate))
+        .await
+        .expect("terminated again");
+    assert_eq!(again, terminated);
+    assert_eq!(p.zone_records(domain).await.expect("read"), None);
+
+    // A zone that never existed (a crash before the order's DNS step) terminates the same way.
+    let never = TestZone::new();
+    let outcome = p
+        .provision(&request_for(&never.0, JobAction::Terminate))
+        .await
+        .expect("nothing to delete");
+    assert!(matches!(
+        outcome,
+        StepOutcome::Changed {
+            action: JobAction::Terminate,
+            archived: None,
+            ..
+        }
+    ));
+}
+
+#[tokio::test]
+async fn terminate_against_a_failing_server_changes_nothing_and_can_be_retried() {
+    let p = provisioner();
+    let zone = TestZone::new();
+    let domain = &zone.0;
+    let before = outcome_records(
+        domain,
+        p.provision(&request(domain)).await.expect("provisioned"),
+    );
+
+    let dead = PowerDnsProvisioner::new(config_with("http://127.0.0.1:1", "any-key"))
+        .expect("client builds");
+    let err = dead
+        .provision(&request_for(domain, JobAction::Terminate))
+        .await
+        .expect_err("unreachable");
+    assert!(matches!(err, ProvisionError::Transient(_)), "{err:?}");
+    assert_eq!(
+        records_in_powerdns(&p, domain).await,
+        before,
+        "zone untouched"
+    );
+
+    p.provision(&request_for(domain, JobAction::Terminate))
+        .await
+        .expect("the retry succeeds");
+    assert_eq!(p.zone_records(domain).await.expect("read"), None);
+}
+
+#[tokio::test]
+async fn suspend_and_unsuspend_are_refused_without_touching_the_zone() {
+    let p = provisioner();
+    let zone = TestZone::new();
+    let domain = &zone.0;
+    let before = outcome_records(
+        domain,
+        p.provision(&request(domain)).await.expect("provisioned"),
+    );
+
+    for action in [JobAction::Suspend, JobAction::Unsuspend] {
+        let err = p
+            .provision(&request_for(domain, action))
+            .await
+            .expect_err("no such DNS action");
+        let ProvisionError::Permanent(message) = &err else {
+            panic!("a DNS {action} is permanent, got {err:?}");
+        };
+        assert!(message.contains(action.as_str()), "{message}");
+    }
+    assert_eq!(records_in_powerdns(&p, domain).await, before);
 }

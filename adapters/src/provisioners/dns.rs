@@ -7,12 +7,17 @@
 //! from the desired state. A re-run after success therefore changes nothing (not even the SOA
 //! serial), and a re-run after a crash or a hand edit repairs. Rrsets of other names or types are
 //! left alone: they belong to whoever added them.
+//!
+//! Of the lifecycle actions only `Terminate` concerns a zone (it is deleted; deleting an absent
+//! zone succeeds). A suspended site keeps resolving to the web server, which serves the
+//! placeholder page, so the saga never asks DNS to suspend or unsuspend (`JobAction::applies_to`);
+//! such a request is refused as a permanent error rather than silently "done".
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mpanel_domain::job::{DnsRecord, StepOutcome};
+use mpanel_domain::job::{DnsRecord, JobAction, StepOutcome};
 use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::values::DomainName;
 use reqwest::{Method, StatusCode};
@@ -35,6 +40,9 @@ const MX_PREFERENCE: u16 = 10;
 const SERVER_ERROR_ATTEMPTS: u32 = 4;
 /// Pause before the first repeat of a 5xx'd request; it grows linearly.
 const SERVER_ERROR_PAUSE: Duration = Duration::from_millis(150);
+/// The server name recorded in lifecycle outcomes ([`StepOutcome::Changed`]): there is one
+/// PowerDNS API per deployment, and its URL is configuration, not a name for read models.
+pub const SERVER_NAME: &str = "powerdns";
 /// How much of a non-JSON error body reaches an error message.
 const MAX_ERROR_BODY: usize = 200;
 
@@ -425,7 +433,7 @@ impl PowerDnsProvisioner {
 impl Provisioner for PowerDnsProvisioner {
     #[tracing::instrument(
         skip(self, request),
-        fields(job_id = %request.job_id, domain = %request.domain)
+        fields(job_id = %request.job_id, domain = %request.domain, action = %request.action)
     )]
     async fn provision(&self, request: &ProvisionRequest) -> Result<StepOutcome, ProvisionError> {
         if request.step != ProvisioningStep::Dns {
@@ -435,6 +443,30 @@ impl Provisioner for PowerDnsProvisioner {
             )));
         }
         let domain = &request.domain;
+        match request.action {
+            JobAction::Provision => self.converge_zone(domain).await,
+            JobAction::Terminate => {
+                self.remove_zone(domain).await?;
+                Ok(StepOutcome::Changed {
+                    action: JobAction::Terminate,
+                    server: SERVER_NAME.to_owned(),
+                    target: domain.fqdn(),
+                    archived: None,
+                })
+            }
+            action @ (JobAction::Suspend | JobAction::Unsuspend) => {
+                Err(ProvisionError::Permanent(format!(
+                    "a DNS zone has no {action} action (the site keeps resolving while its \
+                     hosting serves the suspended page); this job should not exist"
+                )))
+            }
+        }
+    }
+}
+
+impl PowerDnsProvisioner {
+    /// Creates the zone if missing and converges its managed rrsets (ADR 0010); returns them.
+    async fn converge_zone(&self, domain: &DomainName) -> Result<StepOutcome, ProvisionError> {
         self.create_zone(domain).await?;
         let vanished = || {
             ProvisionError::Transient(format!(

@@ -9,9 +9,11 @@
 //! subscriptions active for work nobody did.
 //!
 //! Like the real provisioners it is idempotent (the same request always yields the same
-//! outcome). For the tests it can also:
-//! - fail every attempt for a domain whose first label starts with `fail-` (a transient error,
-//!   so the job retries and finally dead-letters);
+//! outcome): provisioning yields the step's synthetic resource, a lifecycle action a
+//! [`StepOutcome::Changed`] naming that resource (and, for a terminated web root or mailbox, a
+//! fixed archive path). For the tests it can also:
+//! - fail every attempt, whatever its action, for a domain whose first label starts with
+//!   `fail-` (a transient error, so the job retries and finally dead-letters);
 //! - wait `MPANEL_INSTANT_DELAY_MS` per call (default 0), so attempts have a measurable window;
 //! - record each call (job, step, process, start, end) in a table `bench_provisioner_runs` when
 //!   that table exists (the test creates it), so a test can prove that no job's step ever ran
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use mpanel_domain::job::StepOutcome;
+use mpanel_domain::job::{JobAction, StepOutcome};
 use mpanel_domain::step::ProvisioningStep;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -111,6 +113,25 @@ impl InstantProvisioner {
     fn outcome(&self, request: &ProvisionRequest) -> StepOutcome {
         let domain = request.domain.as_str();
         let user = format!("u{}", &request.subscription_id.simple().to_string()[..12]);
+        if request.action != JobAction::Provision {
+            let (target, archive) = match self.step {
+                ProvisioningStep::Dns => (format!("{domain}."), None),
+                ProvisioningStep::Hosting => (
+                    format!("/srv/instant/{user}/public_html"),
+                    Some(format!("/srv/instant/archive/{user}")),
+                ),
+                ProvisioningStep::Mail => (
+                    format!("postmaster@{domain}"),
+                    Some(format!("/srv/instant/mail-archive/postmaster@{domain}")),
+                ),
+            };
+            return StepOutcome::Changed {
+                action: request.action,
+                server: "instant".into(),
+                target,
+                archived: archive.filter(|_| request.action == JobAction::Terminate),
+            };
+        }
         match self.step {
             ProvisioningStep::Dns => StepOutcome::Dns {
                 zone: format!("{domain}."),
@@ -247,16 +268,58 @@ mod tests {
             subscription_id: Uuid::new_v4(),
             step: ProvisioningStep::Hosting,
             domain: DomainName::parse("shop.example.com").expect("domain"),
-            action: mpanel_domain::job::JobAction::Provision,
+            action: JobAction::Provision,
         };
         let first = p.provision(&request).await.expect("succeeds");
         assert_eq!(p.provision(&request).await.expect("again"), first);
         let failing = ProvisionRequest {
             domain: DomainName::parse("fail-shop.example.com").expect("domain"),
-            ..request
+            ..request.clone()
         };
         assert!(matches!(
             p.provision(&failing).await,
+            Err(ProvisionError::Transient(_))
+        ));
+
+        let terminate = ProvisionRequest {
+            action: JobAction::Terminate,
+            ..request.clone()
+        };
+        let terminated = p.provision(&terminate).await.expect("terminated");
+        assert_eq!(p.provision(&terminate).await.expect("again"), terminated);
+        let StepOutcome::Changed {
+            action,
+            server,
+            target,
+            archived,
+        } = terminated
+        else {
+            panic!("a lifecycle action reports Changed: {terminated:?}");
+        };
+        assert_eq!((action, server.as_str()), (JobAction::Terminate, "instant"));
+        let StepOutcome::Hosting { web_root, .. } = first else {
+            panic!("hosting outcome");
+        };
+        assert_eq!(target, web_root);
+        assert!(archived.is_some());
+        let suspend = ProvisionRequest {
+            action: JobAction::Suspend,
+            ..request.clone()
+        };
+        assert!(matches!(
+            p.provision(&suspend).await,
+            Ok(StepOutcome::Changed {
+                action: JobAction::Suspend,
+                archived: None,
+                ..
+            })
+        ));
+        let failing_terminate = ProvisionRequest {
+            domain: DomainName::parse("fail-shop.example.com").expect("domain"),
+            ..terminate
+        };
+        assert!(matches!(
+            p.provision(&failing_terminate).await,
             Err(ProvisionError::Transient(_))
         ));
     }
