@@ -618,3 +618,102 @@ async fn an_order_cancelled_while_provisioning_runs_leaves_nothing_behind() {
     assert!(verified.contains("\"ok\""), "{verified}");
     proxy.down().await;
 }
+
+#[tokio::test]
+async fn a_suspension_whose_server_is_down_fails_visibly_and_a_repeat_completes_it() {
+    // Hosting and mail reach their hosts over SSH through a proxy the test can take down; host
+    // keys are checked per port, so the app gets a known_hosts naming the proxy's.
+    let proxy = TcpProxy::new(&format!("127.0.0.1:{}", env("SSH_PORT")));
+    proxy.up().await;
+    let dir = std::env::temp_dir().join(format!("mpanel-lc-ssh-{}", Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let known_hosts = dir.join("known_hosts");
+    let original = std::fs::read_to_string(env("SSH_KNOWN_HOSTS")).expect("known_hosts");
+    std::fs::write(
+        &known_hosts,
+        original.replace(
+            &format!("[127.0.0.1]:{}", env("SSH_PORT")),
+            &format!("[127.0.0.1]:{}", proxy.port),
+        ),
+    )
+    .expect("write known_hosts");
+    let port = proxy.port.to_string();
+    let app = TestApp::spawn_with(&[
+        ("SSH_PORT", port.as_str()),
+        ("SSH_KNOWN_HOSTS", known_hosts.to_str().expect("path")),
+        ("JOB_MAX_ATTEMPTS", "2"),
+    ])
+    .await;
+    let staff = Staff::admin(&app).await;
+    let domain = unique_domain();
+    let (_, sub) = place(&app, &domain).await;
+    status_becomes(&app, &sub, "ACTIVE", 0, 90).await;
+    let vhost = hosting_root().join("vhosts").join(format!("{domain}.conf"));
+    let public_html = hosting_root().join(&domain).join("public_html");
+
+    proxy.down().await;
+    let (status, body) = staff
+        .post(
+            &format!("/api/subscriptions/{sub}/suspend"),
+            Some(json!({ "reason": "abuse report" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (failed_step, last_error): (String, String) = app
+        .eventually(60, "the suspension's failure visible", || async {
+            sqlx::query_as::<_, (String, i32, Option<String>, Option<String>)>(
+                "SELECT status, generation, failed_step, last_error FROM subscriptions WHERE id = $1::uuid",
+            )
+            .bind(&sub)
+            .fetch_optional(&app.pool)
+            .await
+            .expect("subscription")
+            .and_then(|(status, generation, step, error)| {
+                (status == "SUSPENDING" && generation == 1)
+                    .then_some((step?, error?))
+            })
+        })
+        .await;
+    assert!(
+        failed_step == "hosting" || failed_step == "mail",
+        "{failed_step}"
+    );
+    assert!(!last_error.is_empty());
+    let conf = std::fs::read_to_string(&vhost).expect("vhost");
+    assert!(
+        conf.contains(&format!("root {};", public_html.display())),
+        "nothing was half-suspended: {conf}"
+    );
+
+    // The host is back; repeating the request starts the operation again and completes it.
+    proxy.up().await;
+    let (status, body) = staff
+        .post(
+            &format!("/api/subscriptions/{sub}/suspend"),
+            Some(json!({ "reason": "abuse report" })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(body["generation"], 2);
+    status_becomes(&app, &sub, "SUSPENDED", 2, 60).await;
+    let conf = std::fs::read_to_string(&vhost).expect("vhost");
+    assert!(conf.contains("/suspended;"), "{conf}");
+    // The first attempt's jobs were superseded: dead-lettered or not, they end cancelled.
+    app.eventually(30, "generation 1's jobs cancelled", || async {
+        let first: Vec<(String, bool)> = sqlx::query_as(
+            "SELECT status, cancelled FROM jobs WHERE subscription_id = $1::uuid AND generation = 1",
+        )
+        .bind(&sub)
+        .fetch_all(&app.pool)
+        .await
+        .expect("jobs");
+        (first.len() == 2
+            && first
+                .iter()
+                .all(|(status, cancelled)| *cancelled && status == "CANCELLED"))
+        .then_some(())
+    })
+    .await;
+    proxy.down().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
