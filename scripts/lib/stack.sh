@@ -254,6 +254,9 @@ ensure_dirs() {
   install -d -m 0755 -o root -g root "$DATA_DIR"
   ln -sfn "$DATA_DIR" "$STACK_DIR/data"
   install -d -m 0755 "$HOSTING_ROOT_DIR"
+  # Where terminated accounts and Maildirs go (siblings: same filesystem, a rename); the
+  # provisioning scripts would create them too.
+  install -d -m 0700 "$HOSTING_ROOT_DIR-archive" "$MAIL_ROOT_DIR-archive"
 }
 
 # secret NAME — print the secret stored in .stack/secrets/NAME, generating it once.
@@ -298,7 +301,9 @@ stack_env() {
     MAIL_IMAP_PORT "$IMAP_PORT"
     MAIL_PASSWD_FILE "$DOVECOT_PASSWD"
     MAIL_ROOT "$MAIL_ROOT_DIR"
+    MAIL_ARCHIVE_DIR "$MAIL_ROOT_DIR-archive"
     HOSTING_ROOT "$HOSTING_ROOT_DIR"
+    HOSTING_ARCHIVE_DIR "$HOSTING_ROOT_DIR-archive"
     JWT_SECRET "$(secret jwt-secret)"
     MARKETING_WEBHOOK_SECRET "$(secret marketing-webhook-secret)"
     STRIPE_WEBHOOK_SECRET "$(secret stripe-webhook-secret)"
