@@ -433,13 +433,13 @@ pub async fn sweep(
 
 /// Jobs to ring for. A freshly scheduled job was rung by the saga already, so it only counts
 /// after a 5 s grace; a retry whose time came is rung by nobody else; an expired lease means
-/// its worker died.
+/// its worker died. A cancelled job never starts again, so it is never rung.
 async fn due_jobs(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM jobs \
-         WHERE (status = 'SCHEDULED' AND due_at <= now() - interval '5 seconds') \
+         WHERE NOT cancelled AND ((status = 'SCHEDULED' AND due_at <= now() - interval '5 seconds') \
             OR (status = 'RETRY_WAITING' AND due_at <= now()) \
-            OR (status = 'RUNNING' AND lease_expires_at < now()) \
+            OR (status = 'RUNNING' AND lease_expires_at < now())) \
          ORDER BY due_at NULLS FIRST LIMIT 1000",
     )
     .fetch_all(pool)
