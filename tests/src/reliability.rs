@@ -105,12 +105,12 @@ pub fn fault(scenario: &str, file: &str, function: &str, tally: Tally) {
 ///
 /// # Panics
 /// When the ledger cannot be written.
-pub fn attack(scenario: &str, file: &str, function: &str, tries: u64) {
+pub fn attack(scenario: &str, file: &str, function: &str, tries: usize) {
     append(&Entry {
         kind: Kind::Attack,
         scenario: scenario.to_owned(),
         test: test_name(file, function),
-        tries,
+        tries: u64::try_from(tries).expect("a count fits"),
         tally: None,
     });
 }

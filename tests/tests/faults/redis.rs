@@ -21,7 +21,7 @@ async fn redis_flushed_then_down_for_30_s_loses_no_order_and_needs_no_restart() 
     let mut env = INSTANT_PROVISIONERS.to_vec();
     env.push(("REDIS_URL", url.as_str()));
     let app = TestApp::spawn_with(&env).await;
-    let load = Load::start(&app, 2, Duration::from_millis(300));
+    let load = Load::start(&app, 2, Duration::from_secs(1));
     app.eventually(60, "orders taken before the flush", || async {
         (load.sent() >= 4).then_some(())
     })
