@@ -4,6 +4,7 @@
 use mpanel_adapters::auth::jsonwebtoken::{self, Algorithm, EncodingKey, Header};
 use mpanel_adapters::auth::{create_user, CreateUserError, Role, SecretString};
 use mpanel_domain::values::Email;
+use mpanel_tests::reliability;
 use mpanel_tests::TestApp;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -360,6 +361,12 @@ async fn forged_expired_and_misaddressed_tokens_are_refused() {
     );
     // The genuine token still works afterwards.
     assert_eq!(me(&app, &access(&session)).await.status(), StatusCode::OK);
+    reliability::attack(
+        "JWT forgeries: alg none, HS/RS/ES algorithm confusion, wrong key, tampered payload, wrong issuer or audience, expired, nbf in the future, no exp, another user's id: one identical 401",
+        file!(),
+        "forged_expired_and_misaddressed_tokens_are_refused",
+        forged.len(),
+    );
 }
 
 #[tokio::test]
@@ -402,6 +409,12 @@ async fn refresh_rotates_and_reusing_a_rotated_token_revokes_the_family() {
         refresh(&app, &refresh_token(&other)).await.status(),
         StatusCode::OK
     );
+    reliability::attack(
+        "Refresh token reused after rotation: refused, and the whole token family revoked",
+        file!(),
+        "refresh_rotates_and_reusing_a_rotated_token_revokes_the_family",
+        2,
+    );
 }
 
 #[tokio::test]
@@ -432,6 +445,12 @@ async fn expired_unknown_and_malformed_refresh_tokens_are_refused() {
     )
     .await;
     assert_eq!(problem["errors"][0]["field"], "refreshToken");
+    reliability::attack(
+        "Refresh tokens expired, unknown, malformed or missing: 401/422",
+        file!(),
+        "expired_unknown_and_malformed_refresh_tokens_are_refused",
+        4,
+    );
 }
 
 #[tokio::test]
@@ -576,6 +595,12 @@ async fn users_are_created_hashed_and_lose_access_when_deleted_or_changed() {
         StatusCode::UNAUTHORIZED,
     )
     .await;
+    reliability::attack(
+        "Tokens and credentials of a deleted user: access, refresh and login refused",
+        file!(),
+        "users_are_created_hashed_and_lose_access_when_deleted_or_changed",
+        3,
+    );
 }
 
 #[tokio::test]
@@ -624,4 +649,10 @@ async fn no_password_token_or_secret_reaches_the_log() {
     // Partial leaks count too: no JWT signature segment either.
     let signature = access(&first).rsplit('.').next().expect("sig").to_owned();
     assert!(!log.contains(&signature));
+    reliability::attack(
+        "Secrets in the log: no password, token or signing secret reaches the server's log across logins, refreshes and failures",
+        file!(),
+        "no_password_token_or_secret_reaches_the_log",
+        1,
+    );
 }

@@ -5,6 +5,7 @@ use std::collections::HashSet;
 use mpanel_adapters::bus::CommandBus;
 use mpanel_adapters::metadata::EventMetadata;
 use mpanel_domain::product::ProductCommand;
+use mpanel_tests::reliability::{self, Tally};
 use mpanel_tests::TestApp;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -227,6 +228,15 @@ async fn a_hundred_concurrent_identical_webhooks_make_exactly_one_order() {
         "every response carries the same orderId"
     );
     assert_eq!(app.count_events(Some("OrderPlaced")).await, 1);
+    reliability::fault(
+        "100 concurrent identical deliveries of one webhook: one order, every answer the same orderId",
+        file!(),
+        "a_hundred_concurrent_identical_webhooks_make_exactly_one_order",
+        Tally {
+            accepted: 1,
+            ..Tally::default()
+        },
+    );
 }
 
 #[tokio::test]
@@ -255,6 +265,7 @@ async fn a_wrong_or_missing_key_is_401_and_writes_nothing() {
             .header("authorization", format!("Bearer {}", app.webhook_secret))
             .json(&body),
     ];
+    let tries = attempts.len();
     for attempt in attempts {
         let r = attempt.send().await.expect("request");
         assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
@@ -265,6 +276,12 @@ async fn a_wrong_or_missing_key_is_401_and_writes_nothing() {
     assert!(
         !app.log().contains(&app.webhook_secret),
         "the secret never reaches the log"
+    );
+    reliability::attack(
+        "Webhook key missing, empty, wrong, truncated, extended or in the wrong header: 401 problem+json, nothing written, key never logged",
+        file!(),
+        "a_wrong_or_missing_key_is_401_and_writes_nothing",
+        tries,
     );
 }
 
@@ -329,6 +346,7 @@ async fn bad_input_is_refused_field_by_field_and_writes_nothing() {
         (without("domain"), "domain"),
         (json!([1, 2, 3]), "body"),
     ];
+    let tries = cases.len() + 4; // and the four raw bodies below
     for (body, field) in cases {
         let r = app.post_order(&body).await;
         expect_field_error(&app, r, StatusCode::UNPROCESSABLE_ENTITY, field).await;
@@ -373,6 +391,12 @@ async fn bad_input_is_refused_field_by_field_and_writes_nothing() {
         app.count_events(None).await,
         before,
         "nothing written on any error"
+    );
+    reliability::attack(
+        "Hostile webhook input (SQL, shell and path-traversal strings, NUL, homoglyph domain, malformed JSON, 5000-deep nesting, form content type, 200 KiB body): 422/415/413 naming the field, nothing written",
+        file!(),
+        "bad_input_is_refused_field_by_field_and_writes_nothing",
+        tries,
     );
 }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use mpanel_adapters::provisioners::mail::{LocalPart, MailConfig, SshMailProvisioner};
 use mpanel_domain::values::DomainName;
 use mpanel_tests::proxy::TcpProxy;
+use mpanel_tests::reliability::{self, Tally};
 use mpanel_tests::TestApp;
 use reqwest::StatusCode;
 use secrecy::SecretString;
@@ -371,6 +372,15 @@ async fn a_failing_step_is_visible_then_an_operator_retry_activates() {
     assert!(zone(&domain).await.is_some());
     remove_zone(&domain).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
+    reliability::fault(
+        "PowerDNS unreachable until the job dead-letters: PROVISIONING_FAILED visible, operator retry (CLI) activates",
+        file!(),
+        "a_failing_step_is_visible_then_an_operator_retry_activates",
+        Tally {
+            accepted: 1,
+            ..Tally::default()
+        },
+    );
 }
 
 #[tokio::test]
@@ -421,6 +431,15 @@ async fn powerdns_down_records_each_failed_attempt_and_recovers_by_itself_when_i
     active_and_never_early(&app, &sub, 60).await;
     assert!(zone(&domain).await.is_some());
     remove_zone(&domain).await;
+    reliability::fault(
+        "PowerDNS down during provisioning: each failed attempt recorded, recovery by itself when it returns",
+        file!(),
+        "powerdns_down_records_each_failed_attempt_and_recovers_by_itself_when_it_returns",
+        Tally {
+            accepted: 1,
+            ..Tally::default()
+        },
+    );
 }
 
 #[tokio::test]
@@ -510,4 +529,13 @@ async fn a_killed_server_and_a_flushed_queue_lose_no_order_and_repeat_no_side_ef
     for d in &domains {
         remove_zone(d).await;
     }
+    reliability::fault(
+        "kill -9 of mpanel serve mid-provisioning and its Redis stream deleted, then restart: each zone, account and mailbox created once",
+        file!(),
+        "a_killed_server_and_a_flushed_queue_lose_no_order_and_repeat_no_side_effect",
+        Tally {
+            accepted: u64::try_from(domains.len()).expect("count"),
+            ..Tally::default()
+        },
+    );
 }

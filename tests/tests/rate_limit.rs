@@ -4,6 +4,7 @@
 //! the marketing site's paid orders, nor staff, nor load-balancer probes.
 
 use mpanel_adapters::auth::jsonwebtoken::{self, Algorithm, EncodingKey, Header};
+use mpanel_tests::reliability;
 use mpanel_tests::TestApp;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -159,6 +160,12 @@ async fn a_flood_from_one_client_does_not_starve_credentialed_callers() {
     }
     // The anonymous budget is still spent.
     assert_limited(public_products(&app).await, "public catalog, later").await;
+    reliability::attack(
+        "Rate-limit flood from one client (bad keys, forged tokens, anonymous requests): 429 with Retry-After for it, while the webhook key, staff tokens and probes keep being served",
+        file!(),
+        "a_flood_from_one_client_does_not_starve_credentialed_callers",
+        8,
+    );
 }
 
 #[tokio::test]

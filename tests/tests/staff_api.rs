@@ -13,6 +13,7 @@ use mpanel_domain::product::{AddPrice, CreateProduct, ProductCommand};
 use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::tenant::TenantCommand;
 use mpanel_domain::values::{Currency, Email, Money, TenantSlug};
+use mpanel_tests::reliability;
 use mpanel_tests::TestApp;
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -553,6 +554,12 @@ async fn another_tenants_resources_are_not_found_and_never_listed() {
     assert!(text.contains(&order) && text.contains(&mine));
     let (_, theirs) = call(&app, Method::GET, "/api/products", Some(other), None).await;
     assert!(theirs.to_string().contains(&w.product_b.to_string()));
+    reliability::attack(
+        "Cross-tenant access: another tenant's orders, events, subscriptions, jobs, customers, domains and products read, changed or listed: 404, nothing leaked or written",
+        file!(),
+        "another_tenants_resources_are_not_found_and_never_listed",
+        21,
+    );
 }
 
 #[tokio::test]

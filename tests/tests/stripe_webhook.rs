@@ -2,6 +2,7 @@
 //! Postgres. Payloads are signed with the app's own helper, exactly as Stripe signs them.
 
 use mpanel_adapters::http::stripe::sign;
+use mpanel_tests::reliability;
 use mpanel_tests::TestApp;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
@@ -162,6 +163,12 @@ async fn a_signed_payment_places_one_order_and_replays_or_new_event_ids_add_noth
     assert_eq!(by_stripe, 1);
     assert!(app.count_events(None).await >= events_before);
     assert!(!app.log().contains(&app.stripe_secret));
+    reliability::attack(
+        "Stripe event replayed (same event id re-signed), and the same intent under a new event id: no second order",
+        file!(),
+        "a_signed_payment_places_one_order_and_replays_or_new_event_ids_add_nothing",
+        2,
+    );
 }
 
 #[tokio::test]
@@ -234,6 +241,7 @@ async fn forged_stale_or_unsigned_deliveries_are_400_and_write_nothing() {
             Some(format!("t={t},v1={}", &good[..63])),
         ),
     ];
+    let tries = cases.len();
     for (what, body, signature) in cases {
         let r = deliver(&app, &body, signature.as_deref()).await;
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{what}");
@@ -271,6 +279,12 @@ async fn forged_stale_or_unsigned_deliveries_are_400_and_write_nothing() {
     );
     assert!(!log.contains(&good), "nor a signature");
     assert!(!log.contains(&rolled));
+    reliability::attack(
+        "Stripe deliveries stale, from the future, with a tampered body, another secret's signature, a moved timestamp, or unsigned or garbled signatures: 400, nothing written, no secret or signature logged",
+        file!(),
+        "forged_stale_or_unsigned_deliveries_are_400_and_write_nothing",
+        tries,
+    );
 }
 
 #[tokio::test]
