@@ -152,9 +152,10 @@ pub fn render(entries: &[Entry], generated: &str) -> String {
          tests write (tests/src/reliability.rs). Do not edit: run scripts/test.sh. -->\n\n",
     );
     out.push_str(&format!(
-        "Last generated {generated} by the test suite (`scripts/test.sh`, fault tier included). \
-         Each row is a black-box test against the real binary and the real servers that passed \
-         in that run; a scenario whose test failed or did not run is absent.\n\n"
+        "Last generated {generated} from the ledger of one test run (`scripts/test.sh` \
+         regenerates this file after the fault tier when every step passed). Each row is a \
+         black-box test against the real binary and the real servers that passed in that run; a \
+         scenario whose test failed or did not run is absent.\n\n"
     ));
     out.push_str("| measure | count |\n|---|---|\n");
     out.push_str(&format!("| faults survived | {faults} |\n"));
