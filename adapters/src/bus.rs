@@ -5,11 +5,23 @@
 //! from a duplicate (no events → 200), and where `AggregateConflict` — another writer committed
 //! to the same aggregate between our load and our commit — is retried by reloading and
 //! re-handling the same command. The event store is postgres-es without snapshots (ADR 0001).
+//!
+//! Appending is mpanel's own, not postgres-es's `persist` (which runs `BEGIN`, one `INSERT` per
+//! event and `COMMIT`: 2 + n round trips): one `INSERT … SELECT FROM UNNEST` statement writes all
+//! of a command's events atomically in one round trip, into the same columns with the same
+//! serialisation, and a primary-key violation is the same optimistic-concurrency conflict.
+//! [`AggregateBus::execute_new_if`] goes further for commands that normally create their
+//! aggregate (the order webhook): it decides against the empty state without loading and lets
+//! the insert itself detect an existing aggregate (docs/adr/0017).
 
+use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use cqrs_es::persist::PersistedEventStore;
-use cqrs_es::{Aggregate, AggregateContext, AggregateError, EventEnvelope, EventStore};
+use cqrs_es::{
+    Aggregate, AggregateContext, AggregateError, DomainEvent, EventEnvelope, EventStore,
+};
 use mpanel_domain::job::Job;
 use mpanel_domain::order::Order;
 use mpanel_domain::product::Product;
@@ -47,11 +59,124 @@ pub struct Executed<A: Aggregate> {
     pub state: A,
 }
 
+/// A condition the appending statement checks atomically with the insert: an SQL boolean
+/// expression that reads its values from the jsonb parameter `$1` (e.g. "this price is still
+/// sold at this amount"). False → nothing is written ([`Created::PreconditionFailed`]).
+#[derive(Debug, Clone)]
+pub struct Precondition {
+    /// SQL boolean expression over `$1::jsonb` (a static string of the caller's: never built
+    /// from input).
+    pub sql: &'static str,
+    /// The values it reads.
+    pub params: serde_json::Value,
+}
+
+/// What [`AggregateBus::execute_new_if`] did.
+#[derive(Debug)]
+pub enum Created<A: Aggregate> {
+    /// The aggregate did not exist; the command's events are committed from sequence 1.
+    Appended(Executed<A>),
+    /// Nothing written: the aggregate already has events (the caller takes the ordinary path,
+    /// which decides against its real state).
+    Exists,
+    /// Nothing written: the command decided nothing or was refused against the empty state
+    /// (the ordinary path decides what that means for the real state).
+    NotDecided,
+    /// Nothing written: the precondition was false at insert time.
+    PreconditionFailed,
+}
+
 /// The command path for one aggregate type.
 pub struct AggregateBus<A: Aggregate> {
     store: PersistedEventStore<PostgresEventRepository, A>,
+    pool: PgPool,
     max_retries: u32,
+    doorbell: Doorbell,
 }
+
+/// The shortest gap between two of one process's wake-up notifications.
+const DOORBELL_GAP: Duration = Duration::from_millis(3);
+
+/// Wakes the feed runners (`NOTIFY mpanel_events`, [`mpanel_projections::runner::CHANNEL`])
+/// after appends — from a task of its own, coalesced: at most one notification in flight and
+/// at most one per [`DOORBELL_GAP`] per process. A `NOTIFY` inside the appending transaction
+/// (the trigger of the first migration, dropped by `20261125000009`) serialises every
+/// appending commit on Postgres's notify lock and halved raw insert throughput at 16 clients
+/// (docs/benchmarks.md); a lost or late ring costs latency only (runners also poll).
+#[derive(Clone)]
+pub struct Doorbell {
+    inner: Arc<DoorbellInner>,
+}
+
+struct DoorbellInner {
+    pool: PgPool,
+    pending: tokio::sync::Notify,
+    started: std::sync::Once,
+}
+
+impl Doorbell {
+    /// A doorbell notifying through `pool`; its task starts with the first ring.
+    #[must_use]
+    pub fn new(pool: PgPool) -> Self {
+        Self {
+            inner: Arc::new(DoorbellInner {
+                pool,
+                pending: tokio::sync::Notify::new(),
+                started: std::sync::Once::new(),
+            }),
+        }
+    }
+
+    /// Asks for a notification soon (never waits).
+    pub fn ring(&self) {
+        self.inner.started.call_once(|| {
+            let weak = Arc::downgrade(&self.inner);
+            tokio::spawn(ring_loop(weak));
+        });
+        self.inner.pending.notify_one();
+    }
+}
+
+/// Sends one notification per burst of rings until the bus is dropped.
+async fn ring_loop(weak: std::sync::Weak<DoorbellInner>) {
+    loop {
+        let Some(inner) = weak.upgrade() else { return };
+        let rung = tokio::time::timeout(Duration::from_secs(1), inner.pending.notified()).await;
+        if rung.is_ok() {
+            if let Err(e) = sqlx::query("SELECT pg_notify($1, '')")
+                .bind(mpanel_projections::runner::CHANNEL)
+                .execute(&inner.pool)
+                .await
+            {
+                tracing::debug!(error = %e, "could not notify the feed runners; they poll");
+            }
+        }
+        drop(inner);
+        if rung.is_ok() {
+            tokio::time::sleep(DOORBELL_GAP).await;
+        }
+    }
+}
+
+/// Why an append did not write.
+enum AppendError {
+    /// An event with one of these sequence numbers exists: another writer won the race.
+    Conflict,
+    /// The precondition was false.
+    Precondition,
+    /// Anything else.
+    Store(String),
+}
+
+/// One statement for the whole append: the rows come from arrays in sequence order (identity
+/// values, hence feed order within the transaction, follow `ORDER BY`), and the optional
+/// precondition (`$1`) is checked by the same statement.
+const APPEND_SQL: &str = "INSERT INTO events \
+       (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
+     SELECT $2, $3, e.sequence, e.event_type, e.event_version, e.payload, $4 \
+     FROM UNNEST($5::bigint[], $6::text[], $7::text[], $8::jsonb[]) \
+       AS e(sequence, event_type, event_version, payload) \
+     WHERE ";
 
 impl<A> AggregateBus<A>
 where
@@ -62,9 +187,124 @@ where
     /// A bus writing to the `events` table of `pool`.
     #[must_use]
     pub fn new(pool: PgPool, max_retries: u32) -> Self {
+        let doorbell = Doorbell::new(pool.clone());
+        Self::with_doorbell(pool, max_retries, doorbell)
+    }
+
+    /// A bus ringing a shared `doorbell` after its appends.
+    #[must_use]
+    pub fn with_doorbell(pool: PgPool, max_retries: u32, doorbell: Doorbell) -> Self {
         Self {
-            store: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool)),
+            store: PersistedEventStore::new_event_store(PostgresEventRepository::new(pool.clone())),
+            pool,
             max_retries,
+            doorbell,
+        }
+    }
+
+    /// Appends `events` after sequence `after` with `metadata`, in one statement (one round
+    /// trip, atomic without an explicit transaction), when `precondition` holds.
+    async fn append(
+        &self,
+        aggregate_id: &str,
+        after: usize,
+        events: Vec<A::Event>,
+        metadata: &HashMap<String, String>,
+        precondition: Option<&Precondition>,
+    ) -> Result<Vec<EventEnvelope<A>>, AppendError> {
+        let n = events.len();
+        let mut sequences = Vec::with_capacity(n);
+        let mut types = Vec::with_capacity(n);
+        let mut versions = Vec::with_capacity(n);
+        let mut payloads = Vec::with_capacity(n);
+        for (event, sequence) in events.iter().zip(after + 1..) {
+            sequences.push(i64::try_from(sequence).map_err(|e| AppendError::Store(e.to_string()))?);
+            types.push(event.event_type());
+            versions.push(event.event_version());
+            payloads
+                .push(serde_json::to_value(event).map_err(|e| AppendError::Store(e.to_string()))?);
+        }
+        let metadata_json =
+            serde_json::to_value(metadata).map_err(|e| AppendError::Store(e.to_string()))?;
+        let (condition, params) = match precondition {
+            Some(p) => (p.sql, p.params.clone()),
+            // JSON `null` is not SQL NULL: always true, and `$1` keeps its declared type.
+            None => ("$1::jsonb IS NOT NULL", serde_json::Value::Null),
+        };
+        let sql = format!("{APPEND_SQL}{condition} ORDER BY e.sequence");
+        let result = sqlx::query(&sql)
+            .bind(params)
+            .bind(A::TYPE)
+            .bind(aggregate_id)
+            .bind(&metadata_json)
+            .bind(&sequences)
+            .bind(&types)
+            .bind(&versions)
+            .bind(&payloads)
+            .execute(&self.pool)
+            .await;
+        match result {
+            Ok(done) if done.rows_affected() == 0 => Err(AppendError::Precondition),
+            Ok(_) => {
+                self.doorbell.ring();
+                for event in &events {
+                    crate::metrics::event_appended(event.event_type());
+                }
+                Ok(events
+                    .into_iter()
+                    .zip(after + 1..)
+                    .map(|(payload, sequence)| EventEnvelope {
+                        aggregate_id: aggregate_id.to_owned(),
+                        sequence,
+                        payload,
+                        metadata: metadata.clone(),
+                    })
+                    .collect())
+            }
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("23505") => {
+                Err(AppendError::Conflict)
+            }
+            Err(e) => Err(AppendError::Store(e.to_string())),
+        }
+    }
+
+    /// Executes a command that normally *creates* aggregate `id`, without loading it: decides
+    /// against the empty state and appends from sequence 1, checking `precondition` in the same
+    /// statement. An existing aggregate makes the insert conflict on the primary key and nothing
+    /// is written, so the caller can take the ordinary path ([`Self::execute`]), which decides
+    /// against the real state: the outcome is what `execute` alone would have decided, one
+    /// round trip instead of two for the common case of a new id.
+    ///
+    /// # Errors
+    /// [`BusError::Store`] for infrastructure failures; nothing is written on any error.
+    pub async fn execute_new_if(
+        &self,
+        id: Uuid,
+        command: A::Command,
+        metadata: &EventMetadata,
+        precondition: Option<&Precondition>,
+    ) -> Result<Created<A>, BusError<A::Error>> {
+        let metadata = with_trace(metadata);
+        let mut aggregate = A::default();
+        let sink = cqrs_es::event_sink::EventSink::default();
+        if aggregate.handle(command, &(), &sink).await.is_err() {
+            return Ok(Created::NotDecided);
+        }
+        let events = sink.collect().await;
+        if events.is_empty() {
+            return Ok(Created::NotDecided);
+        }
+        match self
+            .append(&id.to_string(), 0, events, &metadata, precondition)
+            .await
+        {
+            Ok(events) => Ok(Created::Appended(Executed {
+                events,
+                state: aggregate,
+            })),
+            Err(AppendError::Conflict) => Ok(Created::Exists),
+            Err(AppendError::Precondition) => Ok(Created::PreconditionFailed),
+            Err(AppendError::Store(e)) => Err(BusError::Store(e)),
         }
     }
 
@@ -105,12 +345,7 @@ where
         metadata: &EventMetadata,
     ) -> Result<Executed<A>, BusError<A::Error>> {
         let aggregate_id = id.to_string();
-        let mut metadata = metadata.to_map();
-        if !metadata.contains_key("traceparent") {
-            if let Some(traceparent) = crate::telemetry::current_traceparent() {
-                metadata.insert("traceparent".to_owned(), traceparent);
-            }
-        }
+        let metadata = with_trace(metadata);
         let mut attempt = 0;
         loop {
             let mut context = self
@@ -132,27 +367,46 @@ where
                     state,
                 });
             }
-            match self.store.commit(events, context, metadata.clone()).await {
-                Ok(events) => {
-                    for event in &events {
-                        crate::metrics::event_appended(cqrs_es::DomainEvent::event_type(
-                            &event.payload,
-                        ));
-                    }
-                    return Ok(Executed { events, state });
-                }
-                Err(AggregateError::AggregateConflict) if attempt < self.max_retries => {
+            match self
+                .append(
+                    &aggregate_id,
+                    context.current_sequence,
+                    events,
+                    &metadata,
+                    None,
+                )
+                .await
+            {
+                Ok(events) => return Ok(Executed { events, state }),
+                Err(AppendError::Conflict) if attempt < self.max_retries => {
                     attempt += 1;
                     tracing::debug!(aggregate_type = A::TYPE, aggregate_id = %aggregate_id, attempt, "write conflict; retrying");
                     tokio::time::sleep(Duration::from_millis(u64::from(attempt))).await;
                 }
-                Err(AggregateError::AggregateConflict) => {
+                Err(AppendError::Conflict) => {
                     return Err(BusError::Contended(aggregate_id, self.max_retries));
                 }
-                Err(other) => return Err(store_error(other)),
+                Err(AppendError::Precondition) => {
+                    return Err(BusError::Store(
+                        "append without a precondition wrote nothing".into(),
+                    ))
+                }
+                Err(AppendError::Store(e)) => return Err(BusError::Store(e)),
             }
         }
     }
+}
+
+/// The command's metadata as stored; without a trace context, the current span's (an
+/// operator's request, say).
+fn with_trace(metadata: &EventMetadata) -> HashMap<String, String> {
+    let mut metadata = metadata.to_map();
+    if !metadata.contains_key("traceparent") {
+        if let Some(traceparent) = crate::telemetry::current_traceparent() {
+            metadata.insert("traceparent".to_owned(), traceparent);
+        }
+    }
+    metadata
 }
 
 fn store_error<E: std::error::Error>(error: AggregateError<E>) -> BusError<E> {
@@ -174,6 +428,9 @@ pub struct CommandBus {
     pub subscriptions: AggregateBus<Subscription>,
     /// Jobs.
     pub jobs: AggregateBus<Job>,
+    /// Prices the order webhook recently sold (its fast path, docs/adr/0017): per process,
+    /// like the bus, and re-checked by every append that uses it.
+    pub catalog: crate::intake::CatalogCache,
 }
 
 impl CommandBus {
@@ -186,12 +443,14 @@ impl CommandBus {
     /// Same, with a custom conflict retry bound.
     #[must_use]
     pub fn with_retries(pool: &PgPool, max_retries: u32) -> Self {
+        let bell = Doorbell::new(pool.clone());
         Self {
-            tenants: AggregateBus::new(pool.clone(), max_retries),
-            products: AggregateBus::new(pool.clone(), max_retries),
-            orders: AggregateBus::new(pool.clone(), max_retries),
-            subscriptions: AggregateBus::new(pool.clone(), max_retries),
-            jobs: AggregateBus::new(pool.clone(), max_retries),
+            tenants: AggregateBus::with_doorbell(pool.clone(), max_retries, bell.clone()),
+            products: AggregateBus::with_doorbell(pool.clone(), max_retries, bell.clone()),
+            orders: AggregateBus::with_doorbell(pool.clone(), max_retries, bell.clone()),
+            subscriptions: AggregateBus::with_doorbell(pool.clone(), max_retries, bell.clone()),
+            jobs: AggregateBus::with_doorbell(pool.clone(), max_retries, bell),
+            catalog: crate::intake::CatalogCache::default(),
         }
     }
 }

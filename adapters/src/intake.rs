@@ -1,15 +1,20 @@
 //! Order intake: a paid order from the marketing site (or Stripe) becomes an `OrderPlaced`.
 //!
 //! The request is parsed into domain types first, the tenant and price are looked up in the
-//! catalog read model, and only then does the Order aggregate decide. Nothing is written unless
+//! catalog read model (or a cache of it whose every use is re-checked by the append, ADR 0017),
+//! and only then does the Order aggregate decide. Nothing is written unless
 //! every check passed. The order id is derived from the tenant and the payment reference, so a
 //! duplicate webhook lands on the same aggregate: same purchase → no new event (200 with the
 //! same body), different purchase → refused (409).
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use chrono::Utc;
 use mpanel_domain::ids;
 use mpanel_domain::order::{
-    BillingInterval, OrderCommand, OrderError, OrderStatus, PlaceOrder, PriceSnapshot,
+    BillingInterval, Order, OrderCommand, OrderError, OrderStatus, PlaceOrder, PriceSnapshot,
 };
 use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::values::{Currency, DomainName, Email, Money, PaymentReference, TenantSlug};
@@ -17,7 +22,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::bus::{BusError, CommandBus};
+use crate::bus::{BusError, CommandBus, Created, Precondition};
 use crate::metadata::EventMetadata;
 
 /// A validated order request.
@@ -82,7 +87,7 @@ pub enum IntakeError {
     Storage(String),
 }
 
-#[derive(sqlx::FromRow)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 struct PriceRow {
     tenant_id: Uuid,
     product_id: Uuid,
@@ -95,7 +100,88 @@ struct PriceRow {
     active: bool,
 }
 
+impl PriceRow {
+    fn sold(&self) -> bool {
+        self.active && !self.archived
+    }
+}
+
+/// How long a looked-up price is reused. Staleness cannot place a wrong order (the append
+/// re-checks the snapshot, see [`SNAPSHOT_STILL_SOLD`]); the bound only keeps memory fresh.
+const CACHE_TTL: Duration = Duration::from_secs(60);
+/// At most this many (tenant, price) pairs are remembered; beyond, the cache starts over.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// The prices the webhook recently sold, so that a new order costs one round trip (the
+/// append) instead of a tenant and a price lookup first (docs/adr/0017). Only sold prices are
+/// remembered; every order placed from a remembered price is appended under
+/// [`SNAPSHOT_STILL_SOLD`], so a catalog change (price deactivated, product archived or
+/// renamed, amount changed) is honoured exactly as by a fresh lookup: the append writes
+/// nothing, the entry is dropped and the order takes the ordinary path.
+#[derive(Debug, Default)]
+pub struct CatalogCache {
+    entries: Mutex<HashMap<(Uuid, Uuid), (Instant, PriceRow)>>,
+}
+
+impl CatalogCache {
+    fn get(&self, tenant_id: Uuid, price_id: Uuid) -> Option<PriceRow> {
+        let entries = self.entries.lock().ok()?;
+        entries
+            .get(&(tenant_id, price_id))
+            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
+            .map(|(_, row)| row.clone())
+    }
+
+    fn put(&self, price_id: Uuid, row: &PriceRow) {
+        if let Ok(mut entries) = self.entries.lock() {
+            if entries.len() >= CACHE_CAPACITY {
+                entries.clear();
+            }
+            entries.insert((row.tenant_id, price_id), (Instant::now(), row.clone()));
+        }
+    }
+
+    fn forget(&self, tenant_id: Uuid, price_id: Uuid) {
+        if let Ok(mut entries) = self.entries.lock() {
+            entries.remove(&(tenant_id, price_id));
+        }
+    }
+}
+
+/// The append's precondition on the fast path: the tenant exists and the price is still sold,
+/// with exactly the snapshot the order carries — checked by the inserting statement itself.
+const SNAPSHOT_STILL_SOLD: &str = "EXISTS (SELECT 1 FROM tenants t \
+       JOIN prices pr ON pr.tenant_id = t.id JOIN products p ON p.id = pr.product_id \
+     WHERE t.id = ($1->>'tenantId')::uuid AND pr.id = ($1->>'priceId')::uuid \
+       AND pr.active AND NOT p.archived AND p.id = ($1->>'productId')::uuid \
+       AND p.name = $1->>'productName' AND p.plan = ARRAY(SELECT jsonb_array_elements_text($1->'plan')) \
+       AND pr.amount_minor = ($1->>'amountMinor')::bigint AND pr.currency = $1->>'currency' \
+       AND pr.interval = $1->>'interval')";
+
+fn still_sold(price_id: Uuid, row: &PriceRow) -> Precondition {
+    Precondition {
+        sql: SNAPSHOT_STILL_SOLD,
+        params: serde_json::json!({
+            "tenantId": row.tenant_id,
+            "priceId": price_id,
+            "productId": row.product_id,
+            "productName": row.product_name,
+            "plan": row.plan,
+            "amountMinor": row.amount_minor,
+            "currency": row.currency,
+            "interval": row.interval,
+        }),
+    }
+}
+
 /// Places (or recognises) an order.
+///
+/// The common case — a new payment for a price that is sold — takes one round trip: the price
+/// comes from [`CatalogCache`] and the `OrderPlaced` is appended at sequence 1 without loading
+/// the (empty) aggregate, under a precondition that re-checks the price. Anything else (the
+/// order exists: a duplicate webhook; the price changed; the plan needs a domain) takes the
+/// ordinary path — fresh lookups, load, decide — so duplicate semantics (docs/adr/0005) are
+/// decided by the aggregate exactly as before.
 ///
 /// # Errors
 /// [`IntakeError`]; nothing is written on any error.
@@ -111,6 +197,81 @@ pub async fn place_order(
     metadata: EventMetadata,
 ) -> Result<IntakeOutcome, IntakeError> {
     let tenant_id = ids::tenant_id(&request.tenant);
+    let order_id = ids::order_id(tenant_id, &request.payment);
+    tracing::Span::current().record("order_id", tracing::field::display(order_id));
+    let metadata = metadata.correlated(order_id);
+
+    let row = match bus.catalog.get(tenant_id, request.price_id) {
+        Some(row) => Some(row),
+        None => {
+            let row = lookup(pool, tenant_id, request.price_id).await?;
+            if row.sold() {
+                bus.catalog.put(request.price_id, &row);
+            }
+            Some(row)
+        }
+    };
+    if let Some(row) = row.filter(PriceRow::sold) {
+        let command = place_command(&request, tenant_id, &row)?;
+        let created = bus
+            .orders
+            .execute_new_if(
+                order_id,
+                command,
+                &metadata,
+                Some(&still_sold(request.price_id, &row)),
+            )
+            .await
+            .map_err(storage)?;
+        match created {
+            Created::Appended(executed) => {
+                return Ok(IntakeOutcome::Created(answer(order_id, &executed.state)));
+            }
+            Created::PreconditionFailed => bus.catalog.forget(tenant_id, request.price_id),
+            Created::Exists | Created::NotDecided => {}
+        }
+    }
+    place_loaded(pool, bus, &request, tenant_id, order_id, &metadata).await
+}
+
+/// The ordinary path: fresh catalog lookups, the order aggregate loaded, the command decided
+/// against its real state.
+async fn place_loaded(
+    pool: &PgPool,
+    bus: &CommandBus,
+    request: &OrderRequest,
+    tenant_id: Uuid,
+    order_id: Uuid,
+    metadata: &EventMetadata,
+) -> Result<IntakeOutcome, IntakeError> {
+    let row = lookup(pool, tenant_id, request.price_id).await?;
+    let existing = bus.orders.load(order_id).await.map_err(storage)?;
+    if existing.placed().is_none() && !row.sold() {
+        // A duplicate of an order placed while the price was still sold is still a duplicate.
+        return Err(IntakeError::InactivePrice);
+    }
+    let command = place_command(request, tenant_id, &row)?;
+    let executed = bus
+        .orders
+        .execute(order_id, command, metadata)
+        .await
+        .map_err(|e| match e {
+            BusError::Rejected(OrderError::DifferentPaymentForSameOrder) => {
+                IntakeError::ConflictingOrder
+            }
+            BusError::Rejected(OrderError::DomainRequired) => IntakeError::DomainRequired,
+            other => storage(other),
+        })?;
+    let placed = answer(order_id, &executed.state);
+    Ok(if executed.events.is_empty() {
+        IntakeOutcome::Duplicate(placed)
+    } else {
+        IntakeOutcome::Created(placed)
+    })
+}
+
+/// The tenant and the price, from the catalog read model.
+async fn lookup(pool: &PgPool, tenant_id: Uuid, price_id: Uuid) -> Result<PriceRow, IntakeError> {
     let known: Option<Uuid> = sqlx::query_scalar("SELECT id FROM tenants WHERE id = $1")
         .bind(tenant_id)
         .fetch_optional(pool)
@@ -119,32 +280,28 @@ pub async fn place_order(
     if known.is_none() {
         return Err(IntakeError::UnknownTenant);
     }
-    let order_id = ids::order_id(tenant_id, &request.payment);
-    tracing::Span::current().record("order_id", tracing::field::display(order_id));
-    let subscription_id = ids::subscription_id(order_id);
-
     let row: Option<PriceRow> = sqlx::query_as(
         "SELECT pr.tenant_id, pr.product_id, p.name AS product_name, p.plan, p.archived, \
                 pr.amount_minor, pr.currency, pr.interval, pr.active \
          FROM prices pr JOIN products p ON p.id = pr.product_id WHERE pr.id = $1",
     )
-    .bind(request.price_id)
+    .bind(price_id)
     .fetch_optional(pool)
     .await
     .map_err(storage)?;
-    let row = row
-        .filter(|r| r.tenant_id == tenant_id)
-        .ok_or(IntakeError::UnknownPrice)?;
+    row.filter(|r| r.tenant_id == tenant_id)
+        .ok_or(IntakeError::UnknownPrice)
+}
 
-    let existing = bus.orders.load(order_id).await.map_err(storage)?;
-    if existing.placed().is_none() && (!row.active || row.archived) {
-        // A duplicate of an order placed while the price was still sold is still a duplicate.
-        return Err(IntakeError::InactivePrice);
-    }
+fn place_command(
+    request: &OrderRequest,
+    tenant_id: Uuid,
+    row: &PriceRow,
+) -> Result<OrderCommand, IntakeError> {
     let price = PriceSnapshot {
         price_id: request.price_id,
         product_id: row.product_id,
-        product_name: row.product_name,
+        product_name: row.product_name.clone(),
         amount: Money::new(
             row.amount_minor,
             Currency::parse(&row.currency).map_err(storage)?,
@@ -158,50 +315,34 @@ pub async fn place_order(
             .filter_map(|s| ProvisioningStep::from_name(s))
             .collect(),
     };
-    let command = OrderCommand::Place(PlaceOrder {
+    Ok(OrderCommand::Place(PlaceOrder {
         tenant_id,
         tenant_slug: request.tenant.clone(),
         customer_id: ids::customer_id(tenant_id, &request.customer_email),
-        customer_email: request.customer_email,
+        customer_email: request.customer_email.clone(),
         price,
-        domain: request.domain,
-        payment: request.payment,
+        domain: request.domain.clone(),
+        payment: request.payment.clone(),
         placed_at: Utc::now(),
-    });
-    let executed = bus
-        .orders
-        .execute(order_id, command, &metadata.correlated(order_id))
-        .await
-        .map_err(|e| match e {
-            BusError::Rejected(OrderError::DifferentPaymentForSameOrder) => {
-                IntakeError::ConflictingOrder
-            }
-            BusError::Rejected(OrderError::DomainRequired) => IntakeError::DomainRequired,
-            other => storage(other),
-        })?;
-    let steps = executed
-        .state
+    }))
+}
+
+/// The webhook's answer for the order in `state`.
+fn answer(order_id: Uuid, state: &Order) -> PlacedOrder {
+    let subscription_id = ids::subscription_id(order_id);
+    let steps = state
         .placed()
         .map(|p| p.price.steps.clone())
         .unwrap_or_default();
-    let placed = PlacedOrder {
+    PlacedOrder {
         order_id,
         subscription_id,
         job_ids: steps
             .iter()
             .map(|s| ids::job_id(subscription_id, *s, 0))
             .collect(),
-        status: executed
-            .state
-            .status()
-            .unwrap_or(OrderStatus::Paid)
-            .as_str(),
-    };
-    Ok(if executed.events.is_empty() {
-        IntakeOutcome::Duplicate(placed)
-    } else {
-        IntakeOutcome::Created(placed)
-    })
+        status: state.status().unwrap_or(OrderStatus::Paid).as_str(),
+    }
 }
 
 fn storage(e: impl std::fmt::Display) -> IntakeError {
