@@ -65,12 +65,11 @@ impl FeedEvent {
     /// # Errors
     /// [`crate::SubscriberError::Decode`] when the payload does not match.
     pub fn decode<E: serde::de::DeserializeOwned>(&self) -> Result<E, crate::SubscriberError> {
-        serde_json::from_value(self.payload.clone()).map_err(|source| {
-            crate::SubscriberError::Decode {
-                position: self.position,
-                event_type: self.event_type.clone(),
-                source,
-            }
+        // Deserialised from a borrow of the payload: no copy of the JSON tree per subscriber.
+        E::deserialize(&self.payload).map_err(|source| crate::SubscriberError::Decode {
+            position: self.position,
+            event_type: self.event_type.clone(),
+            source,
         })
     }
 

@@ -6,8 +6,9 @@
 //!   crashes in between. The checkpoint update is guarded by the old value, so even two runners
 //!   that both believe they lead cannot both apply the same batch.
 //! - A [`Reactor`] (the saga) has effects outside the transaction (commands), so it is
-//!   at-least-once: its checkpoint advances after each event's reaction succeeded, and reactions
-//!   must be idempotent (deterministic ids make them so).
+//!   at-least-once: its checkpoint advances once per batch, past the events whose reactions
+//!   succeeded, and reactions must be idempotent (deterministic ids make them so). Unrelated
+//!   events (different aggregates and orders) are reacted to in concurrent lanes.
 //!
 //! Leadership: a runner holds `pg_try_advisory_lock(hashtext('mpanel-subscriber:' || name))` on
 //! a dedicated connection for as long as it runs. Other processes' runners for the same
@@ -19,13 +20,16 @@
 //! before every batch; the leader then closes its lock connection and stands by, and the
 //! rebuild takes the leadership lock until the swap is committed.
 //!
-//! Wake-ups: `LISTEN mpanel_events` (a trigger notifies on every append) plus polling every
+//! Wake-ups: `LISTEN mpanel_events` (the command bus notifies after its appends, coalesced) plus polling every
 //! `poll_interval`, so a lost notification costs latency, never events.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use futures::StreamExt;
 use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::watch;
@@ -57,7 +61,10 @@ pub trait Reactor: Send + Sync {
     /// The subscriber's stable name (its checkpoint row and lock key).
     fn name(&self) -> &'static str;
 
-    /// Reacts to one event. Must be idempotent: it may see the same event again after a crash.
+    /// Reacts to one event. Must be idempotent: it may see the same event again after a crash
+    /// (the checkpoint advances once per batch). Events of one aggregate, and events sharing a
+    /// `correlation_id`, are reacted to in feed order; unrelated events may be reacted to
+    /// concurrently ([`RunnerConfig::reactor_lanes`]).
     ///
     /// # Errors
     /// The runner records the error and retries the same event later.
@@ -95,6 +102,15 @@ pub struct RunnerConfig {
     pub standby_interval: Duration,
     /// Pause after a failed event before trying it again.
     pub error_backoff: Duration,
+    /// How many unrelated events a reactor may react to at once. Events of one aggregate or
+    /// one correlation id (an order's subscription and jobs) always keep feed order within
+    /// one lane; other orders' events run beside them, so one order's round trips do not queue
+    /// every other order behind them. 1 reacts strictly in feed order.
+    pub reactor_lanes: usize,
+    /// How long a caught-up *projector* waits after a wake-up before reading, so that it
+    /// applies the events of many appends in one transaction instead of a transaction per
+    /// append. Reactors (the saga, on the order → ACTIVE path) never linger.
+    pub projector_linger: Duration,
 }
 
 impl Default for RunnerConfig {
@@ -104,11 +120,13 @@ impl Default for RunnerConfig {
             poll_interval: Duration::from_millis(250),
             standby_interval: Duration::from_secs(1),
             error_backoff: Duration::from_secs(1),
+            reactor_lanes: 8,
+            projector_linger: Duration::from_millis(20),
         }
     }
 }
 
-/// The notification channel the append trigger uses.
+/// The notification channel the command bus rings after appends (and runners listen on).
 pub const CHANNEL: &str = "mpanel_events";
 
 /// Runs `subscriber` until `shutdown` becomes true: stands by while another process leads, leads
@@ -181,9 +199,13 @@ async fn lead(
                 () = tokio::time::sleep(config.poll_interval) => {}
                 _ = shutdown.changed() => {}
             }
+            if matches!(subscriber, Subscriber::Projector(_)) && !config.projector_linger.is_zero()
+            {
+                sleep_or_shutdown(config.projector_linger, shutdown).await;
+            }
             continue;
         }
-        match process(pool, subscriber, checkpoint, &events).await {
+        match process_in_lanes(pool, subscriber, checkpoint, &events, config.reactor_lanes).await {
             Ok(next) => checkpoint = next,
             Err(Failure {
                 at,
@@ -238,6 +260,21 @@ pub async fn process(
     from: Checkpoint,
     events: &[FeedEvent],
 ) -> Result<Checkpoint, Failure> {
+    process_in_lanes(pool, subscriber, from, events, 1).await
+}
+
+/// [`process`], with a reactor's unrelated events reacted to in up to `lanes` concurrent lanes
+/// (see [`RunnerConfig::reactor_lanes`]).
+///
+/// # Errors
+/// The first failing event, with the checkpoint reached before it.
+pub async fn process_in_lanes(
+    pool: &PgPool,
+    subscriber: &Subscriber,
+    from: Checkpoint,
+    events: &[FeedEvent],
+    lanes: usize,
+) -> Result<Checkpoint, Failure> {
     let fail = |at: i64, checkpoint: Checkpoint| {
         move |error: SubscriberError| Failure {
             at,
@@ -276,24 +313,123 @@ pub async fn process(
             Ok(last.checkpoint())
         }
         Subscriber::Reactor(reactor) => {
-            let mut at = from;
-            for event in events {
-                reactor
-                    .react(event)
-                    .await
-                    .map_err(fail(event.position, at))?;
-                let mut conn = pool
-                    .acquire()
-                    .await
-                    .map_err(|e| fail(event.position, at)(e.into()))?;
-                advance(&mut conn, reactor.name(), at, event.checkpoint(), 1)
-                    .await
-                    .map_err(fail(event.position, at))?;
-                at = event.checkpoint();
-            }
-            Ok(at)
+            react_batch(pool, reactor.as_ref(), from, events, lanes).await
         }
     }
+}
+
+/// Reacts to a batch in `lanes` concurrent lanes and advances the checkpoint once: to the end
+/// of the batch, or — after a failure — to just before the earliest event that was not
+/// reacted to (later events some other lane did react to are delivered again: at least once).
+async fn react_batch(
+    pool: &PgPool,
+    reactor: &dyn Reactor,
+    from: Checkpoint,
+    events: &[FeedEvent],
+    lanes: usize,
+) -> Result<Checkpoint, Failure> {
+    let stop = AtomicBool::new(false);
+    let run_lane = |lane: Vec<usize>| {
+        let stop = &stop;
+        async move {
+            for i in lane {
+                if stop.load(Ordering::Relaxed) {
+                    return Some((i, None));
+                }
+                if let Err(error) = reactor.react(&events[i]).await {
+                    stop.store(true, Ordering::Relaxed);
+                    return Some((i, Some(error)));
+                }
+            }
+            None
+        }
+    };
+    let stopped: Vec<(usize, Option<SubscriberError>)> = if lanes <= 1 {
+        run_lane((0..events.len()).collect())
+            .await
+            .into_iter()
+            .collect()
+    } else {
+        futures::stream::iter(lane_partition(events))
+            .map(run_lane)
+            .buffer_unordered(lanes)
+            .filter_map(|r| async move { r })
+            .collect()
+            .await
+    };
+    // The earliest event not reacted to, and the error that stopped the lanes.
+    let undone = stopped.iter().map(|(i, _)| *i).min();
+    let error = stopped
+        .into_iter()
+        .filter_map(|(i, e)| e.map(|e| (i, e)))
+        .min_by_key(|(i, _)| *i);
+    let done = undone.unwrap_or(events.len());
+    let reached = if done == 0 {
+        from
+    } else {
+        events[done - 1].checkpoint()
+    };
+    let at_fault = events.get(done).map_or(0, |e| e.position);
+    if done > 0 {
+        let mut conn = pool.acquire().await.map_err(|e| Failure {
+            at: at_fault,
+            error: e.into(),
+            checkpoint: from,
+        })?;
+        advance(&mut conn, reactor.name(), from, reached, done)
+            .await
+            .map_err(|error| Failure {
+                at: at_fault,
+                error,
+                checkpoint: from,
+            })?;
+    }
+    match error {
+        None => Ok(reached),
+        Some((i, error)) => Err(Failure {
+            at: events[i].position,
+            error,
+            checkpoint: reached,
+        }),
+    }
+}
+
+/// Splits a batch into lanes that may run concurrently: events that share an aggregate, or a
+/// correlation id (one order's subscription and jobs), are in one lane, in feed order.
+fn lane_partition(events: &[FeedEvent]) -> Vec<Vec<usize>> {
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    let mut parent: Vec<usize> = (0..events.len()).collect();
+    let mut first_with: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, event) in events.iter().enumerate() {
+        let keys = [
+            Some(("aggregate", event.aggregate_id.as_str())),
+            event.meta("correlation_id").map(|c| ("correlation", c)),
+        ];
+        for key in keys.into_iter().flatten() {
+            let other = *first_with.entry(key).or_insert(i);
+            let (a, b) = (root(&mut parent, i), root(&mut parent, other));
+            if a != b {
+                parent[a.max(b)] = a.min(b);
+            }
+        }
+    }
+    let mut lanes: Vec<Vec<usize>> = Vec::new();
+    let mut lane_of: HashMap<usize, usize> = HashMap::new();
+    for i in 0..events.len() {
+        let r = root(&mut parent, i);
+        let lane = *lane_of.entry(r).or_insert_with(|| {
+            lanes.push(Vec::new());
+            lanes.len() - 1
+        });
+        lanes[lane].push(i);
+    }
+    lanes
 }
 
 /// Processes everything visible now, without taking leadership. For tests and offline tools
@@ -390,5 +526,60 @@ async fn sleep_or_shutdown(duration: Duration, shutdown: &mut watch::Receiver<bo
     tokio::select! {
         () = tokio::time::sleep(duration) => {}
         _ = shutdown.changed() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(position: i64, aggregate: &str, correlation: Option<&str>) -> FeedEvent {
+        let metadata = correlation.map_or(
+            serde_json::json!({}),
+            |c| serde_json::json!({ "correlation_id": c }),
+        );
+        FeedEvent {
+            position,
+            tx_id: position,
+            aggregate_type: "Job".into(),
+            aggregate_id: aggregate.into(),
+            sequence: 1,
+            event_type: "JobScheduled".into(),
+            event_version: "1".into(),
+            payload: serde_json::Value::Null,
+            metadata,
+            recorded_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn lanes_keep_an_aggregate_and_an_order_together_in_feed_order() {
+        let events = [
+            event(1, "order-a", Some("a")),
+            event(2, "order-b", Some("b")),
+            event(3, "sub-a", Some("a")),
+            event(4, "product", None),
+            event(5, "job-b", Some("b")),
+            // An operator's command without correlation on a job of order b.
+            event(6, "job-b", None),
+            event(7, "sub-a", None),
+        ];
+        let mut lanes = lane_partition(&events);
+        lanes.sort();
+        assert_eq!(lanes, vec![vec![0, 2, 6], vec![1, 4, 5], vec![3]]);
+    }
+
+    #[test]
+    fn an_event_bridging_two_lanes_joins_them() {
+        // Aggregate x first seen under correlation a, then under b: a and b become one lane.
+        let events = [
+            event(1, "x", Some("a")),
+            event(2, "y", Some("b")),
+            event(3, "x", Some("b")),
+            event(4, "z", Some("c")),
+        ];
+        let mut lanes = lane_partition(&events);
+        lanes.sort();
+        assert_eq!(lanes, vec![vec![0, 1, 2], vec![3]]);
     }
 }
