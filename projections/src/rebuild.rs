@@ -9,9 +9,11 @@
 //!    ALL)` for each of the projector's [`Projector::tables`]. The projector runs on a dedicated
 //!    pool whose connections `SET search_path TO rebuild_<name>, public`: its SQL names tables
 //!    unqualified, so its writes land in the new tables while `events` and `checkpoints` still
-//!    resolve to `public`. Its checkpoint is a row of its own, `<name>#rebuild`, and it reads the
-//!    feed from position 0 in large batches (one transaction each), exactly as a live runner
-//!    would, so the result is what the live model would be.
+//!    resolve to `public`. Its checkpoint is a row of its own, `<name>#rebuild`, and it applies
+//!    the feed from position 0 in large batches (one transaction each), exactly as a live
+//!    runner would, so the result is what the live model would be. Several projectors rebuilt
+//!    together (`all`) share one read of the log: each batch is read once, while the previous
+//!    one is being applied, and every projector applies it concurrently on its own connection.
 //! 2. **Take over.** Caught up, the rebuild holds the subscriber's handover lock; the live
 //!    leader checks it before every batch and steps down (its batch in flight commits first);
 //!    the rebuild then takes the leadership lock itself, so no live runner of this subscriber
@@ -39,7 +41,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 
 use crate::audit::SEALER_NAME;
-use crate::feed::{read_after, Checkpoint};
+use crate::feed::{read_after, Checkpoint, FeedEvent};
 use crate::runner::{Subscriber, HANDOVER_LOCK};
 use crate::{Projector, SubscriberError};
 
@@ -150,20 +152,21 @@ pub fn select(name: &str) -> Result<Vec<Arc<dyn Projector>>, RebuildError> {
         .ok_or_else(|| RebuildError::UnknownProjector(name.to_owned(), format!("{names}, all")))
 }
 
-/// Rebuilds each projector in turn (each swap is atomic on its own; `all` is not one swap).
+/// Rebuilds several projectors: their build tables are filled together from **one** read of
+/// the log (each batch is read once and applied by every projector concurrently, each in its
+/// own transaction on its own connection, while the next batch is read), then each is caught
+/// up and swapped in turn (each swap is atomic on its own; `all` is not one swap).
 ///
 /// # Errors
-/// The first failure; projectors rebuilt before it stay swapped in.
+/// The first failure. A failure while building leaves every live model untouched; one while
+/// swapping leaves the projectors swapped before it swapped in.
 pub async fn rebuild_all(
     pool: &PgPool,
     projectors: &[Arc<dyn Projector>],
     options: &RebuildOptions,
 ) -> Result<Vec<RebuildReport>, RebuildError> {
-    let mut reports = Vec::with_capacity(projectors.len());
-    for projector in projectors {
-        reports.push(rebuild(pool, projector.as_ref(), options).await?);
-    }
-    Ok(reports)
+    let refs: Vec<&dyn Projector> = projectors.iter().map(AsRef::as_ref).collect();
+    rebuild_together(pool, &refs, options).await
 }
 
 /// Rebuilds one projector's tables from position 0 beside the live ones and swaps them in.
@@ -175,29 +178,241 @@ pub async fn rebuild(
     projector: &dyn Projector,
     options: &RebuildOptions,
 ) -> Result<RebuildReport, RebuildError> {
-    let name = projector.name();
-    if name == SEALER_NAME {
-        return Err(RebuildError::NotAReadModel(name.to_owned()));
-    }
-    assert_identifier(name);
-    let mut guard = PgConnection::connect_with(&pool.connect_options()).await?;
-    let ours: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('mpanel-rebuild:' || $1))")
+    let mut reports = rebuild_together(pool, &[projector], options).await?;
+    reports
+        .pop()
+        .ok_or_else(|| RebuildError::Database(sqlx::Error::Protocol("no rebuild report".into())))
+}
+
+async fn rebuild_together(
+    pool: &PgPool,
+    projectors: &[&dyn Projector],
+    options: &RebuildOptions,
+) -> Result<Vec<RebuildReport>, RebuildError> {
+    let started = Instant::now();
+    let mut guards = Vec::with_capacity(projectors.len());
+    let mut builds: Vec<Building<'_>> = Vec::with_capacity(projectors.len());
+    let mut outcome = async {
+        for projector in projectors {
+            let name = projector.name();
+            if name == SEALER_NAME {
+                return Err(RebuildError::NotAReadModel(name.to_owned()));
+            }
+            assert_identifier(name);
+            let mut guard = PgConnection::connect_with(&pool.connect_options()).await?;
+            let ours: bool = sqlx::query_scalar(
+                "SELECT pg_try_advisory_lock(hashtext('mpanel-rebuild:' || $1))",
+            )
             .bind(name)
             .fetch_one(&mut guard)
             .await?;
-    if !ours {
-        return Err(RebuildError::AlreadyRunning(name.to_owned()));
+            guards.push(guard);
+            if !ours {
+                return Err(RebuildError::AlreadyRunning(name.to_owned()));
+            }
+            builds.push(Building::start(pool, *projector).await?);
+        }
+        // Phase 1: from position 0 to (about) the head, the live runners untouched.
+        build_together(pool, &mut builds, options).await?;
+        Ok(())
     }
-    let build = Build::new(name);
-    let outcome = run(pool, projector, &build, options).await;
-    if outcome.is_err() {
-        if let Err(e) = build.discard(pool).await {
-            tracing::warn!(subscriber = name, error = %e, "could not drop the rebuild schema");
+    .await
+    .map(|()| Vec::new());
+    // Phase 2, one projector at a time: take over, catch up, swap.
+    let mut done = 0;
+    if let Ok(reports) = &mut outcome {
+        for building in &builds {
+            match building.finish(pool, options, started).await {
+                Ok(report) => {
+                    reports.push(report);
+                    done += 1;
+                }
+                Err(e) => {
+                    outcome = Err(e);
+                    break;
+                }
+            }
         }
     }
-    let _ = guard.close().await;
+    for building in &builds {
+        building.pool.close().await;
+    }
+    if outcome.is_err() {
+        for building in builds.iter().skip(done) {
+            if let Err(e) = building.build.discard(pool).await {
+                tracing::warn!(subscriber = building.build.name, error = %e, "could not drop the rebuild schema");
+            }
+        }
+    }
+    for guard in guards {
+        let _ = guard.close().await;
+    }
     outcome
+}
+
+/// One projector being rebuilt: its names, its build pool (search path on the build schema)
+/// and how far it got.
+struct Building<'a> {
+    projector: &'a dyn Projector,
+    build: Build,
+    pool: PgPool,
+    progress: Progress,
+}
+
+impl<'a> Building<'a> {
+    async fn start(pool: &PgPool, projector: &'a dyn Projector) -> Result<Self, RebuildError> {
+        let build = Build::new(projector.name());
+        prepare(pool, &build, projector.tables()).await?;
+        let schema = build.schema.clone();
+        let build_pool = PgPoolOptions::new()
+            .max_connections(1)
+            .after_connect(move |conn, _meta| {
+                let sql = format!("SET search_path TO {schema}, public");
+                Box::pin(async move {
+                    conn.execute(sql.as_str()).await?;
+                    Ok(())
+                })
+            })
+            .connect_with(pool.connect_options().as_ref().clone())
+            .await;
+        let build_pool = match build_pool {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = build.discard(pool).await;
+                return Err(e.into());
+            }
+        };
+        Ok(Self {
+            projector,
+            build,
+            pool: build_pool,
+            progress: Progress::default(),
+        })
+    }
+
+    /// Phase 2 and the swap (see the module doc).
+    async fn finish(
+        &self,
+        pool: &PgPool,
+        options: &RebuildOptions,
+        started: Instant,
+    ) -> Result<RebuildReport, RebuildError> {
+        let (projector, build) = (self.projector, &self.build);
+        let tables = projector.tables();
+        tracing::info!(
+            subscriber = build.name,
+            events = self.progress.events,
+            position = self.progress.at.position,
+            "rebuild caught up; taking over from the live runner"
+        );
+        let mut progress = self.progress;
+        let mut leader = take_over(pool, build.name, options.handover_timeout).await?;
+        let mut attempt = 0;
+        let retired = loop {
+            attempt += 1;
+            progress = match catch_up(&self.pool, projector, build, progress, options, false).await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    let _ = leader.close().await;
+                    return Err(e);
+                }
+            };
+            match swap(&mut leader, build, tables, options.lock_timeout).await {
+                Ok(retired) => break retired,
+                Err(sqlx::Error::Database(e))
+                    if e.code().as_deref() == Some("55P03") && attempt < 5 =>
+                {
+                    tracing::warn!(
+                        subscriber = build.name,
+                        attempt,
+                        "swap waited too long for a table lock (a long-running reader?); retrying"
+                    );
+                }
+                Err(e) => {
+                    let _ = leader.close().await;
+                    return Err(e.into());
+                }
+            }
+        };
+        // Releases the handover and leadership locks: a live runner leads again.
+        let _ = leader.close().await;
+        let seconds = started.elapsed().as_secs_f64();
+        let kept = if options.keep_old {
+            Some(retired)
+        } else {
+            if let Err(e) = pool
+                .execute(format!("DROP SCHEMA {retired} CASCADE").as_str())
+                .await
+            {
+                tracing::warn!(subscriber = build.name, schema = %retired, error = %e, "could not drop the retired tables; drop the schema by hand");
+            }
+            None
+        };
+        #[allow(clippy::cast_precision_loss)] // a rate for humans
+        let events_per_second = progress.events as f64 / seconds.max(1e-9);
+        let report = RebuildReport {
+            name: build.name.to_owned(),
+            tables: tables.iter().map(|t| (*t).to_owned()).collect(),
+            events: progress.events,
+            position: progress.at.position,
+            seconds,
+            events_per_second,
+            retired_schema: kept,
+        };
+        tracing::info!(
+            subscriber = build.name,
+            events = report.events,
+            seconds,
+            events_per_second,
+            "rebuild swapped in"
+        );
+        Ok(report)
+    }
+}
+
+/// Phase 1 for every build at once: each batch is read once (the next one is read while the
+/// current one is applied) and applied by every projector concurrently, until a batch comes
+/// back short (so a steady stream of new events cannot keep phase 1 going).
+async fn build_together(
+    pool: &PgPool,
+    builds: &mut [Building<'_>],
+    options: &RebuildOptions,
+) -> Result<(), RebuildError> {
+    let full = usize::try_from(options.batch_size).unwrap_or(usize::MAX);
+    let mut at = Checkpoint::default();
+    let mut total: u64 = 0;
+    let mut last_log = Instant::now();
+    let mut next = read_after(pool, at, options.batch_size).await?;
+    while let Some(last) = next.last().map(FeedEvent::checkpoint) {
+        let events = std::mem::take(&mut next);
+        let applying = futures::future::try_join_all(
+            builds
+                .iter()
+                .map(|b| apply_batch(&b.pool, b.projector, &b.build, b.progress, &events)),
+        );
+        let (read, applied) = tokio::join!(
+            async {
+                if events.len() < full {
+                    Ok(Vec::new())
+                } else {
+                    read_after(pool, last, options.batch_size).await
+                }
+            },
+            applying
+        );
+        for (building, progress) in builds.iter_mut().zip(applied?) {
+            building.progress = progress;
+        }
+        next = read?;
+        at = last;
+        total += u64::try_from(events.len()).unwrap_or(u64::MAX);
+        if last_log.elapsed() > Duration::from_secs(5) {
+            last_log = Instant::now();
+            tracing::info!(events = total, position = at.position, "rebuilding");
+        }
+    }
+    Ok(())
 }
 
 /// The names one rebuild uses.
@@ -225,97 +440,6 @@ impl Build {
             .await?;
         Ok(())
     }
-}
-
-async fn run(
-    pool: &PgPool,
-    projector: &dyn Projector,
-    build: &Build,
-    options: &RebuildOptions,
-) -> Result<RebuildReport, RebuildError> {
-    let started = Instant::now();
-    let tables = projector.tables();
-    prepare(pool, build, tables).await?;
-    let schema = build.schema.clone();
-    let build_pool = PgPoolOptions::new()
-        .max_connections(1)
-        .after_connect(move |conn, _meta| {
-            let sql = format!("SET search_path TO {schema}, public");
-            Box::pin(async move {
-                conn.execute(sql.as_str()).await?;
-                Ok(())
-            })
-        })
-        .connect_with(pool.connect_options().as_ref().clone())
-        .await?;
-    let result = async {
-        let mut progress = Progress::default();
-        // Phase 1: from position 0 to (about) the head, the live runner untouched.
-        progress = catch_up(&build_pool, projector, build, progress, options, true).await?;
-        tracing::info!(
-            subscriber = build.name,
-            events = progress.events,
-            position = progress.at.position,
-            "rebuild caught up; taking over from the live runner"
-        );
-        // Phase 2: take the leadership, so no live batch runs during the swap.
-        let mut leader = take_over(pool, build.name, options.handover_timeout).await?;
-        let mut attempt = 0;
-        let retired = loop {
-            attempt += 1;
-            progress = catch_up(&build_pool, projector, build, progress, options, false).await?;
-            match swap(&mut leader, build, tables, options.lock_timeout).await {
-                Ok(retired) => break retired,
-                Err(sqlx::Error::Database(e))
-                    if e.code().as_deref() == Some("55P03") && attempt < 5 =>
-                {
-                    tracing::warn!(
-                        subscriber = build.name,
-                        attempt,
-                        "swap waited too long for a table lock (a long-running reader?); retrying"
-                    );
-                }
-                Err(e) => return Err(e.into()),
-            }
-        };
-        // Releases the handover and leadership locks: a live runner leads again.
-        let _ = leader.close().await;
-        Ok::<_, RebuildError>((progress, retired))
-    }
-    .await;
-    build_pool.close().await;
-    let (progress, retired) = result?;
-    let seconds = started.elapsed().as_secs_f64();
-    let kept = if options.keep_old {
-        Some(retired)
-    } else {
-        if let Err(e) = pool
-            .execute(format!("DROP SCHEMA {retired} CASCADE").as_str())
-            .await
-        {
-            tracing::warn!(subscriber = build.name, schema = %retired, error = %e, "could not drop the retired tables; drop the schema by hand");
-        }
-        None
-    };
-    #[allow(clippy::cast_precision_loss)] // a rate for humans
-    let events_per_second = progress.events as f64 / seconds.max(1e-9);
-    let report = RebuildReport {
-        name: build.name.to_owned(),
-        tables: tables.iter().map(|t| (*t).to_owned()).collect(),
-        events: progress.events,
-        position: progress.at.position,
-        seconds,
-        events_per_second,
-        retired_schema: kept,
-    };
-    tracing::info!(
-        subscriber = build.name,
-        events = report.events,
-        seconds,
-        events_per_second,
-        "rebuild swapped in"
-    );
-    Ok(report)
 }
 
 /// Creates the empty build tables and the build checkpoint, discarding any left by a rebuild
@@ -364,34 +488,10 @@ async fn catch_up(
     let mut last_log = Instant::now();
     loop {
         let events = read_after(build_pool, progress.at, options.batch_size).await?;
-        let Some(last) = events.last() else {
+        if events.is_empty() {
             return Ok(progress);
-        };
-        let mut tx = build_pool.begin().await?;
-        for event in &events {
-            projector
-                .apply(&mut tx, event)
-                .await
-                .map_err(|error| RebuildError::Failed {
-                    name: build.name.to_owned(),
-                    position: event.position,
-                    error,
-                })?;
         }
-        let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
-        sqlx::query(
-            "UPDATE checkpoints SET tx_id = $2::bigint::text::xid8, position = $3, \
-               events_processed = events_processed + $4, updated_at = now() WHERE subscriber = $1",
-        )
-        .bind(&build.checkpoint)
-        .bind(last.tx_id)
-        .bind(last.position)
-        .bind(i64::try_from(count).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        progress.at = last.checkpoint();
-        progress.events += count;
+        progress = apply_batch(build_pool, projector, build, progress, &events).await?;
         if last_log.elapsed() > Duration::from_secs(5) {
             last_log = Instant::now();
             tracing::info!(
@@ -405,6 +505,48 @@ async fn catch_up(
             return Ok(progress);
         }
     }
+}
+
+/// Applies `events` to the build tables and moves the build checkpoint past them, in one
+/// transaction; returns the progress after them.
+async fn apply_batch(
+    build_pool: &PgPool,
+    projector: &dyn Projector,
+    build: &Build,
+    mut progress: Progress,
+    events: &[FeedEvent],
+) -> Result<Progress, RebuildError> {
+    let Some(last) = events.last() else {
+        return Ok(progress);
+    };
+    let mut tx = build_pool.begin().await?;
+    // A build batch is rebuilt from the log if lost: no need to wait for its WAL flush.
+    tx.execute("SET LOCAL synchronous_commit = off").await?;
+    for event in events {
+        projector
+            .apply(&mut tx, event)
+            .await
+            .map_err(|error| RebuildError::Failed {
+                name: build.name.to_owned(),
+                position: event.position,
+                error,
+            })?;
+    }
+    let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
+    sqlx::query(
+        "UPDATE checkpoints SET tx_id = $2::bigint::text::xid8, position = $3, \
+           events_processed = events_processed + $4, updated_at = now() WHERE subscriber = $1",
+    )
+    .bind(&build.checkpoint)
+    .bind(last.tx_id)
+    .bind(last.position)
+    .bind(i64::try_from(count).unwrap_or(i64::MAX))
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    progress.at = last.checkpoint();
+    progress.events += count;
+    Ok(progress)
 }
 
 /// Holds the handover lock (the live leader steps down before its next batch) and then the
