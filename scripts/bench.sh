@@ -3,6 +3,8 @@
 #
 #   scripts/bench.sh            full run (~20 min on 2 cores)
 #   scripts/bench.sh --quick    smaller counts (< 5 min)
+#   scripts/bench.sh --profile  only the intake at c16, under `perf record -a`: CPU by process
+#                               and mpanel's hottest symbols (target/bench/profile.txt)
 #
 # Brings up the stack (not the dev server), builds release binaries, and measures:
 #   raw_insert_tps_c1/c16       pgbench: one ~250-byte jsonb row per transaction (the raw limit)
@@ -19,11 +21,13 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib/stack.sh"
 
 quick=0
+profile=0
 for arg in "$@"; do
   case $arg in
     --quick) quick=1 ;;
+    --profile) profile=1 quick=1 ;;
     -h | --help)
-      sed -n '2,16s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+      sed -n '2,18s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
       exit 0
       ;;
     *) die "unknown argument: $arg (usage: scripts/bench.sh [--quick])" ;;
@@ -39,7 +43,7 @@ else
 fi
 
 cd "$REPO_ROOT"
-OUT="$REPO_ROOT/target/bench"
+OUT="${MPANEL_BENCH_OUT:-$REPO_ROOT/target/bench}"
 mkdir -p "$OUT"
 stack_start
 set -a
@@ -47,9 +51,15 @@ set -a
 source "$STACK_ENV_FILE"
 set +a
 
-log "building release binaries"
-cargo build --release -q -p mpanel -p mpanel-bench
-BIN="$REPO_ROOT/target/release"
+# MPANEL_BENCH_BIN: a directory of already built `mpanel` + `mpanel-loadgen` + `mpanel-eventgen`
+# (e.g. a copy of the binaries of an older commit, to measure before and after on one machine).
+if [[ -n ${MPANEL_BENCH_BIN:-} ]]; then
+  BIN=$MPANEL_BENCH_BIN
+else
+  log "building release binaries"
+  cargo build --release -q -p mpanel -p mpanel-bench
+  BIN="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/release"
+fi
 BENCH_PORT=2291
 BENCH_PORT2=2292
 DB=mpanel_bench
@@ -100,6 +110,49 @@ start() {
 stop() { kill -TERM "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 
 json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; }
+
+# ---- --profile: where the intake's time goes ---------------------------------------------------
+# `perf record -a` over a c16 intake run against `mpanel api` alone: the share of CPU samples per
+# process (mpanel, postgres backends, the load generator) and mpanel's hottest symbols, plus the
+# statements Postgres ran per order (pg_stat_database deltas).
+if ((profile)); then
+  command -v perf >/dev/null || die "perf is missing: apt-get install linux-perf"
+  fresh_db
+  start api "$BENCH_PORT" MPANEL_PROVISIONERS=instant MPANEL_ALLOW_FAKE_PROVISIONERS=1
+  api_pid=$LAST_PID
+  wait_ready "$BENCH_PORT"
+  "$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --concurrency 16 --count 500 --label warmup >/dev/null
+  stats() { "${PSQL[@]}" -d postgres -F' ' -c "SELECT xact_commit + xact_rollback, tup_returned, tup_fetched, tup_inserted FROM pg_stat_database WHERE datname = '$DB'"; }
+  sleep 11 # backends flush their statistics at most after 10 s idle
+  read -r x0 r0 f0 i0 < <(stats)
+  # Record only this run's processes: mpanel api and the Postgres backends serving it (the
+  # machine is shared; a system-wide profile would mix in other people's work).
+  backends=$("${PSQL[@]}" -d postgres -c "SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE datname = '$DB'")
+  "$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --concurrency 16 --count "$INTAKE_C16" --label profile >"$OUT/profile-loadgen.json" 2>/dev/null &
+  loadgen=$!
+  perf record -F 999 -o "$OUT/perf.data" -p "$api_pid,$backends" 2>/dev/null &
+  perf_pid=$!
+  wait "$loadgen"
+  kill -INT "$perf_pid"
+  wait "$perf_pid" || true
+  sleep 11
+  read -r x1 r1 f1 i1 < <(stats)
+  stop "$api_pid"
+  {
+    echo "== loadgen: $(cat "$OUT/profile-loadgen.json")"
+    python3 -c "n=$INTAKE_C16; print(f'== per order: {($x1-$x0)/n:.2f} transactions (statements outside BEGIN count one each), {($r1-$r0)/n:.1f} tuples returned, {($f1-$f0)/n:.1f} fetched, {($i1-$i0)/n:.2f} inserted')"
+    echo "== CPU samples: mpanel api (tokio-rt-worker threads) vs its Postgres backends"
+    perf report -i "$OUT/perf.data" --stdio --sort comm 2>/dev/null | grep -v '^#' | grep -v '^$'
+    echo "== mpanel: hottest symbols (self), % of all samples"
+    perf report -i "$OUT/perf.data" --stdio --comm tokio-rt-worker,mpanel --sort dso,sym --percent-limit 0.4 2>/dev/null | grep -v '^#' | grep -v '^$' | head -50
+    echo "== mpanel: by library (self)"
+    perf report -i "$OUT/perf.data" --stdio --comm tokio-rt-worker,mpanel --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8
+    echo "== postgres backends: hottest symbols (self)"
+    perf report -i "$OUT/perf.data" --stdio --comm postgres --sort sym --percent-limit 0.5 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25
+  } >"$OUT/profile.txt"
+  cat "$OUT/profile.txt"
+  exit 0
+fi
 
 # ---- 1. the raw limit ----------------------------------------------------------------------------
 fresh_db
