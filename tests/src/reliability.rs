@@ -168,10 +168,15 @@ pub fn render(entries: &[Entry], generated: &str) -> String {
         "| duplicates (orders, job successes, activations) | {duplicates} |\n\n"
     ));
     out.push_str(
-        "After every fault each accepted order is ACTIVE (directly, or visibly \
-         PROVISIONING_FAILED and then retried to ACTIVE), each payment intent has exactly one \
-         `OrderPlaced`, each job succeeded once, and `mpanel events verify` passes. Every attack \
-         is refused with the right status, writes nothing, and logs no secret.\n\n",
+        "The fault tier (`tests/tests/faults/`, via `faults::settle`) checks after each fault \
+         that every accepted order — including those a client re-sent after a 503 — is ACTIVE \
+         and FULFILLED (directly, or visibly PROVISIONING_FAILED and then retried to ACTIVE), \
+         that each payment intent has exactly one `OrderPlaced`, each job one `JobSucceeded` and \
+         each subscription one activation, and that `mpanel events verify` passes. Rows proved \
+         elsewhere check the same loss and duplicate counts for their scenario. Each attack's \
+         test checks the refusal (status and problem type) and that nothing was written; the \
+         webhook, Stripe and auth tests also check that no key, signature, token or password \
+         reaches the log.\n\n",
     );
     out.push_str("## Faults\n\n| scenario | orders accepted | lost | duplicates | proved by |\n");
     out.push_str("|---|---|---|---|---|\n");

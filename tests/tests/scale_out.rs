@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use mpanel_tests::cluster::{parse_metrics, Cluster, Process};
+use mpanel_tests::reliability::{self, Tally};
 
 const ORDERS: usize = 500;
 const DUPLICATES: usize = ORDERS / 10;
@@ -364,4 +365,14 @@ async fn orders_over_many_processes_activate_exactly_once_and_runners_fail_over(
             p.name
         );
     }
+    reliability::fault(
+        "kill -9 of the leading feed-runners process half-way through 500 orders (10 % \
+         duplicates) over 3 APIs and 2 workers: the standby takes over, every job succeeds once",
+        file!(),
+        "orders_over_many_processes_activate_exactly_once_and_runners_fail_over",
+        Tally {
+            accepted: u64::try_from(ORDERS).expect("count"),
+            ..Tally::default()
+        },
+    );
 }
