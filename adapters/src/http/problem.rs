@@ -209,14 +209,88 @@ impl From<sqlx::Error> for ApiError {
             sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed => {
                 Self::Unavailable(e.to_string())
             }
+            // A server going away answers a query in flight with an error of its own, not an
+            // I/O error: `57P01 terminating connection due to administrator command` from a
+            // fast shutdown, `57P02`/`57P03` around a crash or start, `08xxx` connection
+            // failures, `53xxx` out of connections or memory. The request may succeed once the
+            // server is back, so it is a 503 like the others, not a 500.
+            sqlx::Error::Database(ref db) if db.code().is_some_and(|c| server_unavailable(&c)) => {
+                Self::Unavailable(e.to_string())
+            }
             other => Self::Internal(other.to_string()),
         }
     }
 }
 
+/// SQLSTATEs that mean "the database server is unavailable right now", not "this query is
+/// wrong": classes 08 (connection exception) and 53 (insufficient resources), and 57P
+/// (shutdown, crash, cannot connect now — but not 57014, a cancelled query).
+fn server_unavailable(sqlstate: &str) -> bool {
+    sqlstate.starts_with("08") || sqlstate.starts_with("53") || sqlstate.starts_with("57P")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A database error with a given SQLSTATE, as the Postgres driver would return it.
+    #[derive(Debug)]
+    struct ServerSaid(&'static str);
+
+    impl std::fmt::Display for ServerSaid {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "server said {}", self.0)
+        }
+    }
+
+    impl std::error::Error for ServerSaid {}
+
+    impl sqlx::error::DatabaseError for ServerSaid {
+        fn message(&self) -> &str {
+            "server said"
+        }
+        fn code(&self) -> Option<std::borrow::Cow<'_, str>> {
+            Some(self.0.into())
+        }
+        fn as_error(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn as_error_mut(&mut self) -> &mut (dyn std::error::Error + Send + Sync + 'static) {
+            self
+        }
+        fn into_error(self: Box<Self>) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+            self
+        }
+        fn kind(&self) -> sqlx::error::ErrorKind {
+            sqlx::error::ErrorKind::Other
+        }
+    }
+
+    fn status_of(sqlstate: &'static str) -> StatusCode {
+        ApiError::from(sqlx::Error::Database(Box::new(ServerSaid(sqlstate))))
+            .into_response()
+            .status()
+    }
+
+    #[test]
+    fn a_server_going_away_mid_query_is_503_and_a_bad_query_is_500() {
+        // Fast shutdown, crash, starting up, connection failure, too many connections.
+        for sqlstate in ["57P01", "57P02", "57P03", "08006", "53300"] {
+            assert_eq!(
+                status_of(sqlstate),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{sqlstate}"
+            );
+        }
+        // Undefined column, unique violation, a cancelled statement: bugs, not outages.
+        for sqlstate in ["42703", "23505", "57014"] {
+            assert_eq!(
+                status_of(sqlstate),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{sqlstate}"
+            );
+        }
+    }
 
     #[test]
     fn rate_limited_is_429_problem_json_with_retry_after() {
