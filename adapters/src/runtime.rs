@@ -231,6 +231,7 @@ pub async fn run(
             queue.clone(),
             config.worker.sweep_interval,
             config.worker.lease.min(std::time::Duration::from_secs(10)),
+            config.worker.lease,
             stop_rx.clone(),
         )));
     }

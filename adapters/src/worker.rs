@@ -394,17 +394,20 @@ fn provision_span(step: ProvisioningStep, request: &ProvisionRequest) -> tracing
 
 /// Re-dispatches, every `interval`, each job that is due (scheduled or waiting for a retry whose
 /// time has come) or whose lease expired — at most once per `redispatch_after` per job, so a
-/// slow worker is not flooded. Runs until `shutdown`.
+/// slow worker is not flooded. A lease ending more than two `lease` lengths from now was taken
+/// with a clock that ran ahead and counts as expired (the `Job` aggregate agrees). Runs until
+/// `shutdown`.
 pub async fn sweep(
     pool: PgPool,
     queue: JobQueue,
     interval: Duration,
     redispatch_after: Duration,
+    lease: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut last_rung: HashMap<Uuid, tokio::time::Instant> = HashMap::new();
     while !*shutdown.borrow() {
-        match due_jobs(&pool).await {
+        match due_jobs(&pool, lease).await {
             Ok(due) => {
                 let now = tokio::time::Instant::now();
                 last_rung.retain(|id, _| due.contains(id));
@@ -433,15 +436,18 @@ pub async fn sweep(
 
 /// Jobs to ring for. A freshly scheduled job was rung by the saga already, so it only counts
 /// after a 5 s grace; a retry whose time came is rung by nobody else; an expired lease means
-/// its worker died. A cancelled job never starts again, so it is never rung.
-async fn due_jobs(pool: &PgPool) -> Result<Vec<Uuid>, sqlx::Error> {
+/// its worker died (or was taken with a clock far ahead). A cancelled job never starts again, so
+/// it is never rung.
+async fn due_jobs(pool: &PgPool, lease: Duration) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM jobs \
          WHERE NOT cancelled AND ((status = 'SCHEDULED' AND due_at <= now() - interval '5 seconds') \
             OR (status = 'RETRY_WAITING' AND due_at <= now()) \
-            OR (status = 'RUNNING' AND lease_expires_at < now())) \
+            OR (status = 'RUNNING' AND (lease_expires_at < now() \
+                OR lease_expires_at > now() + make_interval(secs => $1)))) \
          ORDER BY due_at NULLS FIRST LIMIT 1000",
     )
+    .bind(lease.as_secs_f64() * 2.0)
     .fetch_all(pool)
     .await
 }

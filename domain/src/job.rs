@@ -504,7 +504,10 @@ impl Job {
                     Some(JobStatus::DeadLettered) => return Err(JobError::DeadLettered),
                     Some(JobStatus::Running) => {
                         if let Some((_, expires)) = self.lease {
-                            if expires > at {
+                            // A lease outlasting two fresh ones was taken with a clock that ran
+                            // ahead; honouring it would strand the job until that clock's time.
+                            let implausible = expires - at > (lease_until - at) * 2;
+                            if expires > at && !implausible {
                                 return Err(JobError::LeaseHeld(expires));
                             }
                         }
@@ -1174,5 +1177,32 @@ mod tests {
         let json = serde_json::to_value(&terminate).expect("json");
         assert_eq!(json["JobScheduled"]["action"], "TERMINATE");
         assert_eq!(json["JobScheduled"]["generation"], 1);
+    }
+
+    #[test]
+    fn a_lease_taken_with_a_clock_far_ahead_can_be_taken_over() {
+        let skewed = JobEvent::JobStarted {
+            attempt: 1,
+            lease_id: LEASE,
+            worker: "ahead".into(),
+            started_at: at(1_000_000),
+            lease_expires_at: at(1_000_060),
+        };
+        Tester::with(())
+            .given(vec![scheduled(3), skewed])
+            .when(start(OTHER_LEASE, 5))
+            .then_expect_events(vec![started(2, OTHER_LEASE, 5)]);
+        // A lease within twice a fresh one is honoured, even if a little long.
+        let long = JobEvent::JobStarted {
+            attempt: 1,
+            lease_id: LEASE,
+            worker: "slow".into(),
+            started_at: at(1),
+            lease_expires_at: at(5 + 100),
+        };
+        Tester::with(())
+            .given(vec![scheduled(3), long])
+            .when(start(OTHER_LEASE, 5))
+            .then_expect_error(JobError::LeaseHeld(at(105)));
     }
 }

@@ -171,3 +171,78 @@ async fn a_retry_time_a_year_ahead_stays_sane_and_an_operator_retry_runs_it_now(
         tally,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_taken_by_a_worker_a_year_ahead_is_taken_over_when_it_dies() {
+    // PowerDNS "down" until the skewed worker holds the DNS job, so the app cannot finish it
+    // first.
+    let pdns = env("POWERDNS_API_URL");
+    let proxy = TcpProxy::new(pdns.trim_start_matches("http://").trim_end_matches('/'));
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let app = TestApp::spawn_with(&[
+        ("POWERDNS_API_URL", url.as_str()),
+        ("JOB_MAX_ATTEMPTS", "50"),
+        ("JOB_BACKOFF_BASE_MS", "200"),
+        ("JOB_BACKOFF_CAP_MS", "400"),
+        ("JOB_LEASE_SECS", "20"),
+    ])
+    .await;
+    let payment = format!("pi_lease_{}", Uuid::new_v4().simple());
+    let domain = unique_domain();
+    let r = app
+        .post_order(&app.order_body(&payment, "owner@example.com", &domain))
+        .await;
+    assert_eq!(r.status().as_u16(), 201);
+    let body: Value = r.json().await.expect("body");
+    let job = Uuid::parse_str(body["jobIds"][0].as_str().expect("dns job")).expect("uuid");
+
+    // A worker whose clock is a year ahead takes a lease (ending a year from now) and dies
+    // without an outcome. The app's own workers hold short leases, so retry until it gets in.
+    let bus = CommandBus::new(&app.pool);
+    let skewed = EventMetadata::new("worker");
+    app.eventually(60, "the skewed worker holding the job", || async {
+        let ahead = Utc::now() + chrono::Duration::days(365);
+        let start = JobCommand::Start {
+            lease_id: Uuid::new_v4(),
+            worker: "skewed-clock".into(),
+            lease_until: ahead + chrono::Duration::seconds(20),
+            at: ahead,
+        };
+        bus.jobs.execute(job, start, &skewed).await.ok().map(drop)
+    })
+    .await;
+    let before = job_events(&app, job, "JobStarted").await.len();
+
+    // PowerDNS is back. The stranded lease counts as expired: the sweeper rings the job, a live
+    // worker takes it over and the order activates, long before the year is up.
+    proxy.up().await;
+    let tally = settle(
+        &app,
+        &[Delivery {
+            payment,
+            domain: domain.clone(),
+            status: Some(201),
+            content_type: None,
+            problem_type: None,
+        }],
+        120,
+    )
+    .await;
+    let started = job_events(&app, job, "JobStarted").await;
+    assert!(started.len() > before, "a live worker took the job over");
+    let last = started.last().expect("a start");
+    assert_ne!(last["worker"], "skewed-clock");
+    assert!((Utc::now() - time(last, "startedAt")).num_minutes().abs() < 10);
+    let _ = reqwest::Client::new()
+        .delete(format!("{pdns}/api/v1/servers/localhost/zones/{domain}."))
+        .header("X-API-Key", env("POWERDNS_API_KEY"))
+        .send()
+        .await;
+    reliability::fault(
+        "Clock jump: a worker a year ahead takes a job's lease and dies; the lease counts as \
+         expired, a live worker takes the job over and the order activates",
+        file!(),
+        "a_lease_taken_by_a_worker_a_year_ahead_is_taken_over_when_it_dies",
+        tally,
+    );
+}
