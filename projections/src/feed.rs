@@ -85,6 +85,11 @@ const SELECT_COLUMNS: &str = "global_position, tx_id::text::bigint AS tx_id, agg
 
 /// Reads up to `limit` events after `after`, in feed order, that are safe to deliver.
 ///
+/// The `ORDER BY` names `events.tx_id`: unqualified, `tx_id` would be the *output* column
+/// (`tx_id::text::bigint`), which no index serves — Postgres then sorted the whole log for
+/// every batch (138 ms per 5 000 events at 100 k events, growing with the log, against 4 ms
+/// along `events_feed`).
+///
 /// # Errors
 /// The database error.
 pub async fn read_after<'e>(
@@ -96,7 +101,7 @@ pub async fn read_after<'e>(
         "SELECT {SELECT_COLUMNS} FROM events \
          WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2) \
            AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY tx_id, global_position LIMIT $3"
+         ORDER BY events.tx_id, events.global_position LIMIT $3"
     );
     let rows: Vec<FeedRow> = sqlx::query_as(&sql)
         .bind(after.tx_id)
@@ -115,7 +120,7 @@ pub async fn head<'e>(executor: impl PgExecutor<'e>) -> Result<Option<Checkpoint
     let row: Option<(i64, i64)> = sqlx::query_as(
         "SELECT tx_id::text::bigint, global_position FROM events \
          WHERE tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
-         ORDER BY tx_id DESC, global_position DESC LIMIT 1",
+         ORDER BY events.tx_id DESC, events.global_position DESC LIMIT 1",
     )
     .fetch_optional(executor)
     .await?;
