@@ -63,13 +63,20 @@ struct Check {
     detail: Option<String>,
 }
 
+/// `SELECT 1`, bounded to 2 s like the Redis check: a load balancer's probe must get its 503
+/// quickly while Postgres is down, not after the pool's 10 s acquire timeout.
 async fn check_postgres(state: &AppState) -> Check {
     let start = Instant::now();
-    let result = sqlx::query("SELECT 1").execute(&state.pool).await;
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        sqlx::query("SELECT 1").execute(&state.pool),
+    )
+    .await;
+    let ok = matches!(result, Ok(Ok(_)));
     Check {
-        ok: result.is_ok(),
+        ok,
         latency_ms: start.elapsed().as_secs_f64() * 1000.0,
-        detail: result.err().map(|_| "unreachable".to_owned()),
+        detail: (!ok).then(|| "unreachable".to_owned()),
     }
 }
 
