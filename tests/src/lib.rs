@@ -11,6 +11,7 @@ pub mod faults;
 pub mod private;
 pub mod proxy;
 pub mod reliability;
+pub mod servers;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};

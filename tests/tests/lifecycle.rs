@@ -4,13 +4,13 @@
 //! re-provisioning repairs drift; an order cancelled while its provisioning still runs ends with
 //! nothing left on any server.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use mpanel_adapters::provisioners::mail::{LocalPart, MailConfig, SshMailProvisioner};
 use mpanel_domain::values::DomainName;
 use mpanel_tests::proxy::TcpProxy;
+use mpanel_tests::servers::{delete_zone, imap_login, zone, SshProxy};
 use mpanel_tests::TestApp;
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
@@ -27,59 +27,6 @@ fn unique_domain() -> String {
         "lc{}.example.net",
         &Uuid::new_v4().simple().to_string()[..12]
     )
-}
-
-async fn zone_exists(domain: &str) -> bool {
-    let r = reqwest::Client::new()
-        .get(format!(
-            "{}/api/v1/servers/localhost/zones/{domain}.",
-            env("POWERDNS_API_URL")
-        ))
-        .header("X-API-Key", env("POWERDNS_API_KEY"))
-        .send()
-        .await
-        .expect("PowerDNS API");
-    match r.status() {
-        StatusCode::OK => true,
-        StatusCode::NOT_FOUND | StatusCode::UNPROCESSABLE_ENTITY => false,
-        other => panic!("PowerDNS answered {other}"),
-    }
-}
-
-async fn delete_zone(domain: &str) {
-    let _ = reqwest::Client::new()
-        .delete(format!(
-            "{}/api/v1/servers/localhost/zones/{domain}.",
-            env("POWERDNS_API_URL")
-        ))
-        .header("X-API-Key", env("POWERDNS_API_KEY"))
-        .send()
-        .await;
-}
-
-/// One IMAP LOGIN against the stack's Dovecot; the tagged answer line.
-fn imap_login(user: &str, password: &str) -> String {
-    let port: u16 = env("MAIL_IMAP_PORT").parse().expect("MAIL_IMAP_PORT");
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("IMAP port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let mut writer = stream;
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("greeting");
-    write!(writer, "a1 LOGIN \"{user}\" \"{password}\"\r\n").expect("LOGIN");
-    loop {
-        line.clear();
-        assert!(
-            reader.read_line(&mut line).expect("answer") > 0,
-            "Dovecot hung up"
-        );
-        if line.starts_with("a1 ") {
-            let _ = writer.write_all(b"a2 LOGOUT\r\n");
-            return line.trim_end().to_owned();
-        }
-    }
 }
 
 /// Waits until IMAP LOGIN answers OK (`true`) or NO (`false`) as wanted; Dovecot re-reads the
@@ -361,7 +308,7 @@ async fn suspend_unsuspend_and_terminate_converge_on_the_real_servers() {
         .await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     status_becomes(&app, &sub, "TERMINATED", 3, 60).await;
-    assert!(!zone_exists(&domain).await, "zone removed from PowerDNS");
+    assert!(zone(&domain).await.is_none(), "zone removed from PowerDNS");
     assert!(!account.exists(), "account moved out of the hosting root");
     assert!(!vhost.exists(), "vhost removed");
     let web_archive = PathBuf::from(format!("{}-archive", env("HOSTING_ROOT")));
@@ -483,7 +430,7 @@ async fn reprovision_repairs_drift_and_repeating_it_converges() {
 
     // Someone deleted the zone by hand and the site's placeholder with it.
     delete_zone(&domain).await;
-    assert!(!zone_exists(&domain).await);
+    assert!(zone(&domain).await.is_none());
     let index = hosting_root()
         .join(&domain)
         .join("public_html")
@@ -498,7 +445,7 @@ async fn reprovision_repairs_drift_and_repeating_it_converges() {
         assert_eq!(body["status"], "REPROVISIONING");
         assert_eq!(body["generation"], round);
         status_becomes(&app, &sub, "ACTIVE", round, 60).await;
-        assert!(zone_exists(&domain).await, "round {round}: zone is back");
+        assert!(zone(&domain).await.is_some(), "round {round}: zone is back");
         assert!(index.is_file(), "round {round}: placeholder is back");
     }
     let reprovisioned = subscription_events(&app, &sub)
@@ -561,7 +508,7 @@ async fn an_order_cancelled_while_provisioning_runs_leaves_nothing_behind() {
     assert_eq!(order_status, "CANCELLED");
 
     // Nothing on any server: whatever the running attempt created, the termination removed.
-    assert!(!zone_exists(&domain).await, "no zone left in PowerDNS");
+    assert!(zone(&domain).await.is_none(), "no zone left in PowerDNS");
     assert!(
         !hosting_root().join(&domain).exists(),
         "no account left in the hosting root"
@@ -623,27 +570,11 @@ async fn an_order_cancelled_while_provisioning_runs_leaves_nothing_behind() {
 async fn a_suspension_whose_server_is_down_fails_visibly_and_a_repeat_completes_it() {
     // Hosting and mail reach their hosts over SSH through a proxy the test can take down; host
     // keys are checked per port, so the app gets a known_hosts naming the proxy's.
-    let proxy = TcpProxy::new(&format!("127.0.0.1:{}", env("SSH_PORT")));
+    let ssh = SshProxy::new();
+    let proxy = &ssh.proxy;
     proxy.up().await;
-    let dir = std::env::temp_dir().join(format!("mpanel-lc-ssh-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let known_hosts = dir.join("known_hosts");
-    let original = std::fs::read_to_string(env("SSH_KNOWN_HOSTS")).expect("known_hosts");
-    std::fs::write(
-        &known_hosts,
-        original.replace(
-            &format!("[127.0.0.1]:{}", env("SSH_PORT")),
-            &format!("[127.0.0.1]:{}", proxy.port),
-        ),
-    )
-    .expect("write known_hosts");
-    let port = proxy.port.to_string();
-    let app = TestApp::spawn_with(&[
-        ("SSH_PORT", port.as_str()),
-        ("SSH_KNOWN_HOSTS", known_hosts.to_str().expect("path")),
-        ("JOB_MAX_ATTEMPTS", "2"),
-    ])
-    .await;
+    let [port, known_hosts] = ssh.env();
+    let app = TestApp::spawn_with(&[port, known_hosts, ("JOB_MAX_ATTEMPTS", "2")]).await;
     let staff = Staff::admin(&app).await;
     let domain = unique_domain();
     let (_, sub) = place(&app, &domain).await;
@@ -715,5 +646,4 @@ async fn a_suspension_whose_server_is_down_fails_visibly_and_a_repeat_completes_
     })
     .await;
     proxy.down().await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

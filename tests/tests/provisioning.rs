@@ -1,13 +1,13 @@
 //! Provisioning end to end: webhook → saga → Redis → worker → real PowerDNS, sshd and Dovecot
 //! → ACTIVE only when every step really succeeded; a failing step is visible and retryable.
 
-use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
 use mpanel_adapters::provisioners::mail::{LocalPart, MailConfig, SshMailProvisioner};
 use mpanel_domain::values::DomainName;
 use mpanel_tests::proxy::TcpProxy;
 use mpanel_tests::reliability::{self, Tally};
+use mpanel_tests::servers::{delete_zone, imap_login, zone};
 use mpanel_tests::TestApp;
 use reqwest::StatusCode;
 use secrecy::SecretString;
@@ -26,33 +26,6 @@ fn unique_domain() -> String {
     )
 }
 
-async fn zone(domain: &str) -> Option<Value> {
-    let r = reqwest::Client::new()
-        .get(format!(
-            "{}/api/v1/servers/localhost/zones/{domain}.",
-            env("POWERDNS_API_URL")
-        ))
-        .header("X-API-Key", env("POWERDNS_API_KEY"))
-        .send()
-        .await
-        .expect("PowerDNS API");
-    if r.status() == StatusCode::NOT_FOUND {
-        return None;
-    }
-    Some(r.json().await.expect("zone JSON"))
-}
-
-async fn remove_zone(domain: &str) {
-    let _ = reqwest::Client::new()
-        .delete(format!(
-            "{}/api/v1/servers/localhost/zones/{domain}.",
-            env("POWERDNS_API_URL")
-        ))
-        .header("X-API-Key", env("POWERDNS_API_KEY"))
-        .send()
-        .await;
-}
-
 async fn subscription(
     app: &TestApp,
     id: &str,
@@ -62,31 +35,6 @@ async fn subscription(
         .fetch_optional(&app.pool)
         .await
         .expect("subscription")
-}
-
-/// One IMAP LOGIN against the stack's Dovecot; the tagged answer line.
-fn imap_login(user: &str, password: &str) -> String {
-    let port: u16 = env("MAIL_IMAP_PORT").parse().expect("MAIL_IMAP_PORT");
-    let stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("IMAP port");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-    let mut writer = stream;
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("greeting");
-    write!(writer, "a1 LOGIN \"{user}\" \"{password}\"\r\n").expect("LOGIN");
-    loop {
-        line.clear();
-        assert!(
-            reader.read_line(&mut line).expect("answer") > 0,
-            "Dovecot hung up"
-        );
-        if line.starts_with("a1 ") {
-            let _ = writer.write_all(b"a2 LOGOUT\r\n");
-            return line.trim_end().to_owned();
-        }
-    }
 }
 
 /// `dig @127.0.0.1 -p PORT +short NAME A` against the stack's PowerDNS.
@@ -295,7 +243,7 @@ async fn a_paid_order_is_provisioned_on_the_real_servers_and_only_then_activated
     ] {
         assert!(!log.contains(&secret), "a secret leaked into the log");
     }
-    remove_zone(&domain).await;
+    delete_zone(&domain).await;
 }
 
 #[tokio::test]
@@ -370,7 +318,7 @@ async fn a_failing_step_is_visible_then_an_operator_retry_activates() {
     })
     .await;
     assert!(zone(&domain).await.is_some());
-    remove_zone(&domain).await;
+    delete_zone(&domain).await;
     tokio::time::sleep(Duration::from_millis(10)).await;
     reliability::fault(
         "PowerDNS unreachable until the job dead-letters: PROVISIONING_FAILED visible, operator retry (CLI) activates",
@@ -430,7 +378,7 @@ async fn powerdns_down_records_each_failed_attempt_and_recovers_by_itself_when_i
     proxy.up().await;
     active_and_never_early(&app, &sub, 60).await;
     assert!(zone(&domain).await.is_some());
-    remove_zone(&domain).await;
+    delete_zone(&domain).await;
     reliability::fault(
         "PowerDNS down during provisioning: each failed attempt recorded, recovery by itself when it returns",
         file!(),
@@ -527,7 +475,7 @@ async fn a_killed_server_and_a_flushed_queue_lose_no_order_and_repeat_no_side_ef
     .expect("activations");
     assert_eq!(activations, 4);
     for d in &domains {
-        remove_zone(d).await;
+        delete_zone(d).await;
     }
     reliability::fault(
         "kill -9 of mpanel serve mid-provisioning and its Redis stream deleted, then restart: each zone, account and mailbox created once",

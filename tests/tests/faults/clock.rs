@@ -13,6 +13,7 @@ use mpanel_domain::job::JobCommand;
 use mpanel_tests::faults::{settle, unique_domain, Delivery};
 use mpanel_tests::proxy::TcpProxy;
 use mpanel_tests::reliability;
+use mpanel_tests::servers::delete_zone;
 use mpanel_tests::TestApp;
 use serde_json::Value;
 use uuid::Uuid;
@@ -42,19 +43,28 @@ fn time(v: &Value, field: &str) -> chrono::DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_retry_time_a_year_ahead_stays_sane_and_an_operator_retry_runs_it_now() {
-    // PowerDNS "down" behind a proxy, so the DNS job keeps failing and retrying.
+/// An app whose PowerDNS is "down" behind a proxy (retrying fast, up to 50 attempts), with one
+/// order placed: its DNS job keeps failing until the test brings the proxy up.
+struct Setup {
+    proxy: TcpProxy,
+    app: TestApp,
+    payment: String,
+    domain: String,
+    job: Uuid,
+}
+
+async fn order_with_powerdns_down(extra: &[(&str, &str)]) -> Setup {
     let pdns = env("POWERDNS_API_URL");
     let proxy = TcpProxy::new(pdns.trim_start_matches("http://").trim_end_matches('/'));
     let url = format!("http://127.0.0.1:{}", proxy.port);
-    let app = TestApp::spawn_with(&[
+    let mut vars = vec![
         ("POWERDNS_API_URL", url.as_str()),
         ("JOB_MAX_ATTEMPTS", "50"),
         ("JOB_BACKOFF_BASE_MS", "200"),
         ("JOB_BACKOFF_CAP_MS", "400"),
-    ])
-    .await;
+    ];
+    vars.extend_from_slice(extra);
+    let app = TestApp::spawn_with(&vars).await;
     let payment = format!("pi_clock_{}", Uuid::new_v4().simple());
     let domain = unique_domain();
     let r = app
@@ -63,37 +73,56 @@ async fn a_retry_time_a_year_ahead_stays_sane_and_an_operator_retry_runs_it_now(
     assert_eq!(r.status().as_u16(), 201);
     let body: Value = r.json().await.expect("body");
     let job = Uuid::parse_str(body["jobIds"][0].as_str().expect("dns job")).expect("uuid");
+    Setup {
+        proxy,
+        app,
+        payment,
+        domain,
+        job,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_time_a_year_ahead_stays_sane_and_an_operator_retry_runs_it_now() {
+    // PowerDNS "down" behind a proxy, so the DNS job keeps failing and retrying.
+    let Setup {
+        proxy,
+        app,
+        payment,
+        domain,
+        job,
+    } = order_with_powerdns_down(&[]).await;
     app.eventually(60, "the DNS job failing while PowerDNS is down", || async {
         (!job_events(&app, job, "JobAttemptFailed").await.is_empty()).then_some(())
     })
     .await;
 
     // A worker whose clock jumped a year ahead takes the job (its "now" is past every lease)
-    // and records a failure with a retry time computed from its own clock.
+    // and records a failure with a retry time computed from its own clock. Its lease ends a
+    // year from now, which the app's workers rightly treat as expired: should one of them take
+    // the job over in between (the failure is then refused as stale), the skewed worker tries
+    // again.
     let bus = CommandBus::new(&app.pool);
     let skewed = EventMetadata::new("worker");
-    let ahead = Utc::now() + chrono::Duration::days(365);
-    let lease_id = Uuid::new_v4();
-    let start = JobCommand::Start {
-        lease_id,
-        worker: "skewed-clock".into(),
-        lease_until: ahead + chrono::Duration::seconds(60),
-        at: ahead,
-    };
-    bus.jobs
-        .execute(job, start, &skewed)
-        .await
-        .expect("the skewed worker takes the job");
-    let fail = JobCommand::FailAttempt {
-        lease_id,
-        error: "transient: PowerDNS unreachable".into(),
-        retry_at: ahead + chrono::Duration::seconds(2),
-        at: ahead,
-    };
-    bus.jobs
-        .execute(job, fail, &skewed)
-        .await
-        .expect("the skewed worker records its failure");
+    app.eventually(60, "the skewed worker's failure recorded", || async {
+        let ahead = Utc::now() + chrono::Duration::days(365);
+        let lease_id = Uuid::new_v4();
+        let start = JobCommand::Start {
+            lease_id,
+            worker: "skewed-clock".into(),
+            lease_until: ahead + chrono::Duration::seconds(60),
+            at: ahead,
+        };
+        bus.jobs.execute(job, start, &skewed).await.ok()?;
+        let fail = JobCommand::FailAttempt {
+            lease_id,
+            error: "transient: PowerDNS unreachable".into(),
+            retry_at: ahead + chrono::Duration::seconds(2),
+            at: ahead,
+        };
+        bus.jobs.execute(job, fail, &skewed).await.ok().map(drop)
+    })
+    .await;
 
     // Operators see the job waiting, with its next run a year away.
     let (status, due_at): (String, chrono::DateTime<Utc>) = app
@@ -158,11 +187,7 @@ async fn a_retry_time_a_year_ahead_stays_sane_and_an_operator_retry_runs_it_now(
             "backoff {backoff} in {f}"
         );
     }
-    let _ = reqwest::Client::new()
-        .delete(format!("{pdns}/api/v1/servers/localhost/zones/{domain}."))
-        .header("X-API-Key", env("POWERDNS_API_KEY"))
-        .send()
-        .await;
+    delete_zone(&domain).await;
     reliability::fault(
         "Clock jump: a worker a year ahead stores a retry time a year away; the job waits \
          visibly without spinning, an operator retry runs it by the real clock",
@@ -176,25 +201,13 @@ async fn a_retry_time_a_year_ahead_stays_sane_and_an_operator_retry_runs_it_now(
 async fn a_lease_taken_by_a_worker_a_year_ahead_is_taken_over_when_it_dies() {
     // PowerDNS "down" until the skewed worker holds the DNS job, so the app cannot finish it
     // first.
-    let pdns = env("POWERDNS_API_URL");
-    let proxy = TcpProxy::new(pdns.trim_start_matches("http://").trim_end_matches('/'));
-    let url = format!("http://127.0.0.1:{}", proxy.port);
-    let app = TestApp::spawn_with(&[
-        ("POWERDNS_API_URL", url.as_str()),
-        ("JOB_MAX_ATTEMPTS", "50"),
-        ("JOB_BACKOFF_BASE_MS", "200"),
-        ("JOB_BACKOFF_CAP_MS", "400"),
-        ("JOB_LEASE_SECS", "20"),
-    ])
-    .await;
-    let payment = format!("pi_lease_{}", Uuid::new_v4().simple());
-    let domain = unique_domain();
-    let r = app
-        .post_order(&app.order_body(&payment, "owner@example.com", &domain))
-        .await;
-    assert_eq!(r.status().as_u16(), 201);
-    let body: Value = r.json().await.expect("body");
-    let job = Uuid::parse_str(body["jobIds"][0].as_str().expect("dns job")).expect("uuid");
+    let Setup {
+        proxy,
+        app,
+        payment,
+        domain,
+        job,
+    } = order_with_powerdns_down(&[("JOB_LEASE_SECS", "20")]).await;
 
     // A worker whose clock is a year ahead takes a lease (ending a year from now) and dies
     // without an outcome. The app's own workers hold short leases, so retry until it gets in.
@@ -233,11 +246,7 @@ async fn a_lease_taken_by_a_worker_a_year_ahead_is_taken_over_when_it_dies() {
     let last = started.last().expect("a start");
     assert_ne!(last["worker"], "skewed-clock");
     assert!((Utc::now() - time(last, "startedAt")).num_minutes().abs() < 10);
-    let _ = reqwest::Client::new()
-        .delete(format!("{pdns}/api/v1/servers/localhost/zones/{domain}."))
-        .header("X-API-Key", env("POWERDNS_API_KEY"))
-        .send()
-        .await;
+    delete_zone(&domain).await;
     reliability::fault(
         "Clock jump: a worker a year ahead takes a job's lease and dies; the lease counts as \
          expired, a live worker takes the job over and the order activates",

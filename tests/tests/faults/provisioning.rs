@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use mpanel_tests::faults::{admin_token, settle, unique_domain, Delivery};
-use mpanel_tests::proxy::TcpProxy;
 use mpanel_tests::reliability;
+use mpanel_tests::servers::{delete_zone, SshProxy};
 use mpanel_tests::TestApp;
 use reqwest::StatusCode;
 use uuid::Uuid;
@@ -105,14 +105,7 @@ fn passwd_lines(passwd: &Path, domain: &str) -> usize {
 
 async fn remove_zones(domains: &[String]) {
     for d in domains {
-        let _ = reqwest::Client::new()
-            .delete(format!(
-                "{}/api/v1/servers/localhost/zones/{d}.",
-                env("POWERDNS_API_URL")
-            ))
-            .header("X-API-Key", env("POWERDNS_API_KEY"))
-            .send()
-            .await;
+        delete_zone(d).await;
     }
 }
 
@@ -120,27 +113,10 @@ async fn remove_zones(domains: &[String]) {
 async fn sshd_refusing_connections_fails_visibly_and_an_operator_retry_activates() {
     // A proxy in front of the stack's sshd, down: connections to it are refused. Host keys are
     // checked per port, so the app gets a known_hosts naming the proxy's.
-    let ssh = format!("127.0.0.1:{}", env("SSH_PORT"));
-    let proxy = TcpProxy::new(&ssh);
-    let dir = std::env::temp_dir().join(format!("mpanel-faults-ssh-{}", Uuid::new_v4().simple()));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let known_hosts = dir.join("known_hosts");
-    let original = std::fs::read_to_string(env("SSH_KNOWN_HOSTS")).expect("known_hosts");
-    std::fs::write(
-        &known_hosts,
-        original.replace(
-            &format!("[127.0.0.1]:{}", env("SSH_PORT")),
-            &format!("[127.0.0.1]:{}", proxy.port),
-        ),
-    )
-    .expect("write known_hosts");
-    let port = proxy.port.to_string();
-    let app = TestApp::spawn_with(&[
-        ("SSH_PORT", port.as_str()),
-        ("SSH_KNOWN_HOSTS", known_hosts.to_str().expect("path")),
-        ("JOB_MAX_ATTEMPTS", "2"),
-    ])
-    .await;
+    let ssh = SshProxy::new();
+    let proxy = &ssh.proxy;
+    let [port, known_hosts] = ssh.env();
+    let app = TestApp::spawn_with(&[port, known_hosts, ("JOB_MAX_ATTEMPTS", "2")]).await;
     let orders = place(&app, 3).await;
     let domains: Vec<String> = orders.iter().map(|d| d.domain.clone()).collect();
 
@@ -170,7 +146,6 @@ async fn sshd_refusing_connections_fails_visibly_and_an_operator_retry_activates
             .is_file());
     }
     remove_zones(&domains).await;
-    let _ = std::fs::remove_dir_all(&dir);
     reliability::fault(
         "sshd refusing connections during provisioning: hosting and mail fail visibly, an \
          operator retry (CLI and API) activates",
