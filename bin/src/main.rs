@@ -268,10 +268,11 @@ async fn main() -> Result<()> {
                 keep_old,
                 ..rebuild::RebuildOptions::default()
             };
-            for projector in projectors {
-                let report = rebuild::rebuild(&pool, projector.as_ref(), &options)
-                    .await
-                    .with_context(|| format!("rebuilding {}", projector.name()))?;
+            // Together: one read of the log feeds every projector's build (rebuild.rs).
+            let reports = rebuild::rebuild_all(&pool, &projectors, &options)
+                .await
+                .with_context(|| format!("rebuilding {name}"))?;
+            for report in reports {
                 println!("{}", serde_json::to_string(&report)?);
             }
         }

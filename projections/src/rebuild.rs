@@ -522,16 +522,14 @@ async fn apply_batch(
     let mut tx = build_pool.begin().await?;
     // A build batch is rebuilt from the log if lost: no need to wait for its WAL flush.
     tx.execute("SET LOCAL synchronous_commit = off").await?;
-    for event in events {
-        projector
-            .apply(&mut tx, event)
-            .await
-            .map_err(|error| RebuildError::Failed {
-                name: build.name.to_owned(),
-                position: event.position,
-                error,
-            })?;
-    }
+    projector
+        .apply_batch(&mut tx, events)
+        .await
+        .map_err(|f| RebuildError::Failed {
+            name: build.name.to_owned(),
+            position: f.position,
+            error: f.error,
+        })?;
     let count = u64::try_from(events.len()).unwrap_or(u64::MAX);
     sqlx::query(
         "UPDATE checkpoints SET tx_id = $2::bigint::text::xid8, position = $3, \

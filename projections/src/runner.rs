@@ -53,6 +53,38 @@ pub trait Projector: Send + Sync {
     /// # Errors
     /// Any failure rolls back the whole batch; the runner records it and retries later.
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError>;
+
+    /// Applies a batch of events, in feed order, using only `tx`, with exactly the effect of
+    /// [`Self::apply`] on each in turn — which is what the default does. A projector may
+    /// override it with a few set-based statements per batch (`INSERT … SELECT … FROM
+    /// UNNEST(…)`) instead of one per event: live runners and rebuilds both call this, and a
+    /// rebuild's throughput is bounded by statements per event (docs/benchmarks.md).
+    ///
+    /// # Errors
+    /// The event at fault (the batch's first when a set-based statement cannot tell) and why;
+    /// the runner rolls the whole batch back.
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[FeedEvent],
+    ) -> Result<(), BatchFailure> {
+        for event in events {
+            self.apply(tx, event).await.map_err(|error| BatchFailure {
+                position: event.position,
+                error,
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// A batch a projector could not apply: where and why.
+#[derive(Debug)]
+pub struct BatchFailure {
+    /// The global position of the event at fault.
+    pub position: i64,
+    /// What went wrong.
+    pub error: SubscriberError,
 }
 
 /// A subscriber with effects outside the database transaction (commands, dispatch).
@@ -292,12 +324,10 @@ pub async fn process_in_lanes(
                 .begin()
                 .await
                 .map_err(|e| fail(first, from)(e.into()))?;
-            for event in events {
-                projector
-                    .apply(&mut tx, event)
-                    .await
-                    .map_err(fail(event.position, from))?;
-            }
+            projector
+                .apply_batch(&mut tx, events)
+                .await
+                .map_err(|f| fail(f.position, from)(f.error))?;
             advance(
                 &mut tx,
                 projector.name(),
