@@ -1,9 +1,12 @@
 //! The audit sealer: the feed subscriber that chains a seal onto every event.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use sqlx::PgConnection;
 
 use super::canonical::{seal_event, Hash, GENESIS};
+use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
 /// Writes one `event_seals` row per event, in feed order, in the runner's transaction (so a seal
@@ -31,41 +34,84 @@ impl Projector for AuditSealer {
     }
 
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
-        let prev = previous_hash(tx, event).await?;
-        let hash = seal_event(&prev, event);
-        let existing: Option<(i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(
-            "SELECT tx_id::text::bigint, hash, prev_hash FROM event_seals WHERE global_position = $1",
-        )
-        .bind(event.position)
-        .fetch_optional(&mut *tx)
-        .await?;
-        match existing {
-            None => {
-                sqlx::query(
-                    "INSERT INTO event_seals (global_position, tx_id, hash, prev_hash, sealed_at) \
-                     VALUES ($1, $2::bigint::text::xid8, $3, $4, now())",
-                )
-                .bind(event.position)
-                .bind(event.tx_id)
-                .bind(hash.as_slice())
-                .bind(prev.as_slice())
-                .execute(&mut *tx)
-                .await?;
-                Ok(())
+        self.apply_batch(tx, std::slice::from_ref(event))
+            .await
+            .map_err(|failure| failure.error)
+    }
+
+    /// Seals a whole batch with three statements whatever its size: the hash before the
+    /// batch's first event, the seals that already exist for its positions (a reset sealer
+    /// re-walking the chain), and one insert of the new seals. The chain itself is computed in
+    /// memory, in the batch's feed order.
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[FeedEvent],
+    ) -> Result<(), BatchFailure> {
+        let Some(first) = events.first() else {
+            return Ok(());
+        };
+        let at_first = |error: SubscriberError| BatchFailure {
+            position: first.position,
+            error,
+        };
+        let mut prev = previous_hash(tx, first).await.map_err(at_first)?;
+        let positions: Vec<i64> = events.iter().map(|e| e.position).collect();
+        let existing: HashMap<i64, (i64, Vec<u8>, Vec<u8>)> =
+            sqlx::query_as::<_, (i64, i64, Vec<u8>, Vec<u8>)>(
+                "SELECT global_position, tx_id::text::bigint, hash, prev_hash FROM event_seals \
+             WHERE global_position = ANY($1)",
+            )
+            .bind(&positions)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| at_first(e.into()))?
+            .into_iter()
+            .map(|(position, tx_id, hash, prev_hash)| (position, (tx_id, hash, prev_hash)))
+            .collect();
+        let (mut new_positions, mut tx_ids, mut hashes, mut prevs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for event in events {
+            let hash = seal_event(&prev, event);
+            match existing.get(&event.position) {
+                None => {
+                    new_positions.push(event.position);
+                    tx_ids.push(event.tx_id);
+                    hashes.push(hash.to_vec());
+                    prevs.push(prev.to_vec());
+                }
+                Some((tx_id, stored, stored_prev))
+                    if *tx_id == event.tx_id
+                        && stored.as_slice() == hash.as_slice()
+                        && stored_prev.as_slice() == prev.as_slice() => {}
+                Some(_) => {
+                    return Err(BatchFailure {
+                        position: event.position,
+                        error: SubscriberError::Other(format!(
+                            "event {} does not match its existing seal: the log changed after \
+                             it was sealed (run `mpanel events verify`)",
+                            event.position
+                        )),
+                    })
+                }
             }
-            Some((tx_id, stored, stored_prev))
-                if tx_id == event.tx_id
-                    && stored.as_slice() == hash.as_slice()
-                    && stored_prev.as_slice() == prev.as_slice() =>
-            {
-                Ok(())
-            }
-            Some(_) => Err(SubscriberError::Other(format!(
-                "event {} does not match its existing seal: the log changed after it was sealed \
-                 (run `mpanel events verify`)",
-                event.position
-            ))),
+            prev = hash;
         }
+        if !new_positions.is_empty() {
+            sqlx::query(
+                "INSERT INTO event_seals (global_position, tx_id, hash, prev_hash, sealed_at) \
+                 SELECT p, t::text::xid8, h, ph, now() \
+                 FROM UNNEST($1::bigint[], $2::bigint[], $3::bytea[], $4::bytea[]) AS s(p, t, h, ph)",
+            )
+            .bind(&new_positions)
+            .bind(&tx_ids)
+            .bind(&hashes)
+            .bind(&prevs)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| at_first(e.into()))?;
+        }
+        Ok(())
     }
 }
 
