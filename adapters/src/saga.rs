@@ -9,15 +9,15 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use mpanel_domain::job::JobEvent;
+use mpanel_domain::job::{JobCommand, JobEvent};
 use mpanel_domain::order::OrderEvent;
 use mpanel_domain::saga::{react, SagaCommand, SagaEvent, SagaPolicy};
-use mpanel_domain::subscription::SubscriptionEvent;
+use mpanel_domain::subscription::{SubscriptionCommand, SubscriptionEvent};
 use mpanel_projections::{FeedEvent, Reactor, SubscriberError};
 use tracing::Instrument;
 use uuid::Uuid;
 
-use crate::bus::{BusError, CommandBus};
+use crate::bus::{AggregateBus, BusError, CommandBus, Created};
 use crate::metadata::EventMetadata;
 use crate::queue::JobQueue;
 
@@ -106,6 +106,14 @@ impl SagaRunner {
                 .await
                 .map(drop)
                 .map_err(outcome),
+            // Opening a subscription and scheduling a job create their aggregate: try without
+            // loading it first (one round trip); an existing one takes the ordinary path.
+            SagaCommand::Subscription(id, c @ SubscriptionCommand::Open { .. }) => {
+                create_or_execute(&self.bus.subscriptions, id, c, metadata).await
+            }
+            SagaCommand::Job(id, c @ JobCommand::Schedule(_)) => {
+                create_or_execute(&self.bus.jobs, id, c, metadata).await
+            }
             SagaCommand::Subscription(id, c) => self
                 .bus
                 .subscriptions
@@ -135,6 +143,31 @@ impl SagaRunner {
 enum Outcome {
     Refused(String),
     Failed(String),
+}
+
+/// [`AggregateBus::execute_new_if`] for a command that normally creates its aggregate, falling
+/// back to [`AggregateBus::execute`] (which decides against the real state) when the aggregate
+/// exists already or the empty state decided nothing: the outcome is the ordinary path's.
+async fn create_or_execute<A>(
+    bus: &AggregateBus<A>,
+    id: Uuid,
+    command: A::Command,
+    metadata: &EventMetadata,
+) -> Result<(), Outcome>
+where
+    A: cqrs_es::Aggregate<Services = ()> + Clone + Send + Sync,
+    A::Command: Clone + Send + Sync,
+    A::Error: Send + Sync + 'static,
+{
+    match bus.execute_new_if(id, command.clone(), metadata, None).await {
+        Ok(Created::Appended(_)) => Ok(()),
+        Ok(Created::Exists | Created::NotDecided | Created::PreconditionFailed) => bus
+            .execute(id, command, metadata)
+            .await
+            .map(drop)
+            .map_err(outcome),
+        Err(e) => Err(outcome(e)),
+    }
 }
 
 fn outcome<E: std::error::Error>(error: BusError<E>) -> Outcome {
