@@ -332,6 +332,55 @@ where
             .map_err(store_error)
     }
 
+    /// [`Self::execute`] from the aggregate's `history` that the caller has just read (all its
+    /// events, in sequence order), saving the load. If another writer appended since, the
+    /// insert conflicts, nothing is written and [`Self::execute`] decides again from a fresh
+    /// load: the outcome is the ordinary path's.
+    ///
+    /// # Errors
+    /// As [`Self::execute`].
+    pub async fn execute_after(
+        &self,
+        id: Uuid,
+        history: &[EventEnvelope<A>],
+        command: A::Command,
+        metadata: &EventMetadata,
+    ) -> Result<Executed<A>, BusError<A::Error>> {
+        let mut state = A::default();
+        for event in history {
+            state.apply(event.payload.clone());
+        }
+        let sink = cqrs_es::event_sink::EventSink::default();
+        state
+            .handle(command.clone(), &(), &sink)
+            .await
+            .map_err(BusError::Rejected)?;
+        let events = sink.collect().await;
+        if events.is_empty() {
+            return Ok(Executed {
+                events: vec![],
+                state,
+            });
+        }
+        match self
+            .append(
+                &id.to_string(),
+                history.len(),
+                events,
+                &with_trace(metadata),
+                None,
+            )
+            .await
+        {
+            Ok(events) => Ok(Executed { events, state }),
+            Err(AppendError::Conflict) => self.execute(id, command, metadata).await,
+            Err(AppendError::Precondition) => Err(BusError::Store(
+                "append without a precondition wrote nothing".into(),
+            )),
+            Err(AppendError::Store(e)) => Err(BusError::Store(e)),
+        }
+    }
+
     /// Executes `command` against aggregate `id`, retrying lost write races. Without a trace
     /// context in `metadata`, the events record the current span's (an operator's request, say).
     ///

@@ -214,7 +214,7 @@ impl Worker {
                 "waiting for job {earlier} of an earlier operation to finish its attempt"
             )));
         }
-        self.attempt(job_id).instrument(span).await
+        self.attempt(job_id, &history).instrument(span).await
     }
 
     /// A job of a lifecycle operation must not run while a job of an earlier generation for the
@@ -250,7 +250,13 @@ impl Worker {
         Ok(None)
     }
 
-    async fn attempt(&self, job_id: Uuid) -> Result<JobRun, WorkerError> {
+    /// Takes the lease from the `history` just read (no second load), runs the step, records
+    /// the outcome.
+    async fn attempt(
+        &self,
+        job_id: Uuid,
+        history: &[EventEnvelope<Job>],
+    ) -> Result<JobRun, WorkerError> {
         let now = Utc::now();
         let lease_id = Uuid::new_v4();
         let lease =
@@ -262,7 +268,12 @@ impl Worker {
             lease_until: now + lease,
             at: now,
         };
-        let started = match self.bus.jobs.execute(job_id, start, &metadata).await {
+        let started = match self
+            .bus
+            .jobs
+            .execute_after(job_id, history, start, &metadata)
+            .await
+        {
             Ok(started) => started,
             Err(BusError::Rejected(reason)) => return Ok(JobRun::Skipped(reason.to_string())),
             Err(e) => return Err(WorkerError(e.to_string())),

@@ -1,0 +1,117 @@
+//! The command bus's shortcuts decide what the ordinary path would have: `execute_new_if` on an
+//! aggregate that exists already, and `execute_after` from a history another writer has since
+//! extended, write nothing and leave the decision to a fresh load.
+
+use chrono::Utc;
+use mpanel_adapters::bus::{BusError, CommandBus, Created};
+use mpanel_adapters::metadata::EventMetadata;
+use mpanel_domain::job::{JobAction, JobCommand, JobError, ScheduleJob};
+use mpanel_domain::step::ProvisioningStep;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+fn schedule() -> JobCommand {
+    JobCommand::Schedule(ScheduleJob {
+        subscription_id: Uuid::new_v4(),
+        order_id: Uuid::new_v4(),
+        tenant_id: Uuid::new_v4(),
+        step: ProvisioningStep::Dns,
+        domain: None,
+        max_attempts: 3,
+        due_at: Utc::now(),
+        action: JobAction::Provision,
+        generation: 0,
+    })
+}
+
+fn start() -> JobCommand {
+    let now = Utc::now();
+    JobCommand::Start {
+        lease_id: Uuid::new_v4(),
+        worker: "test".into(),
+        lease_until: now + chrono::Duration::seconds(60),
+        at: now,
+    }
+}
+
+async fn event_count(pool: &PgPool, id: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+        .bind(id.to_string())
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn creating_an_existing_aggregate_writes_nothing_and_says_so(pool: PgPool) {
+    let bus = CommandBus::new(&pool);
+    let meta = EventMetadata::new("test");
+    let id = Uuid::new_v4();
+    let command = schedule();
+    let first = bus
+        .jobs
+        .execute_new_if(id, command.clone(), &meta, None)
+        .await
+        .expect("append");
+    assert!(matches!(first, Created::Appended(_)));
+    let again = bus
+        .jobs
+        .execute_new_if(id, command.clone(), &meta, None)
+        .await
+        .expect("no store error");
+    assert!(matches!(again, Created::Exists));
+    assert_eq!(event_count(&pool, id).await, 1);
+    // The ordinary path then decides against the real state: the same schedule is a no-op.
+    let executed = bus.jobs.execute(id, command, &meta).await.expect("no-op");
+    assert!(executed.events.is_empty());
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_stale_history_falls_back_to_a_fresh_decision(pool: PgPool) {
+    let bus = CommandBus::new(&pool);
+    let meta = EventMetadata::new("test");
+    let id = Uuid::new_v4();
+    bus.jobs
+        .execute(id, schedule(), &meta)
+        .await
+        .expect("schedule");
+    let history = bus.jobs.history(id).await.expect("history");
+    assert_eq!(history.len(), 1);
+
+    // Another writer cancels the job after our read.
+    bus.jobs
+        .execute(
+            id,
+            JobCommand::Cancel {
+                reason: "superseded".into(),
+                at: Utc::now(),
+            },
+            &meta,
+        )
+        .await
+        .expect("cancel");
+
+    // From the stale history, starting looks allowed; the append conflicts, and the fresh
+    // decision refuses it: nothing written.
+    let refused = bus.jobs.execute_after(id, &history, start(), &meta).await;
+    assert!(
+        matches!(refused, Err(BusError::Rejected(JobError::Cancelled))),
+        "{refused:?}"
+    );
+    assert_eq!(event_count(&pool, id).await, 2);
+
+    // From a current history it appends right after it.
+    let other = Uuid::new_v4();
+    bus.jobs
+        .execute(other, schedule(), &meta)
+        .await
+        .expect("schedule");
+    let history = bus.jobs.history(other).await.expect("history");
+    let started = bus
+        .jobs
+        .execute_after(other, &history, start(), &meta)
+        .await
+        .expect("start");
+    assert_eq!(started.events.len(), 1);
+    assert_eq!(started.events[0].sequence, 2);
+}
