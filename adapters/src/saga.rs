@@ -159,7 +159,10 @@ where
     A::Command: Clone + Send + Sync,
     A::Error: Send + Sync + 'static,
 {
-    match bus.execute_new_if(id, command.clone(), metadata, None).await {
+    match bus
+        .execute_new_if(id, command.clone(), metadata, None)
+        .await
+    {
         Ok(Created::Appended(_)) => Ok(()),
         Ok(Created::Exists | Created::NotDecided | Created::PreconditionFailed) => bus
             .execute(id, command, metadata)
