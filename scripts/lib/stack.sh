@@ -89,6 +89,9 @@ STACK_PACKAGES=(
   openssh-server openssh-client
   dovecot-core dovecot-imapd
   bind9-dnsutils
+  # flock (the mail script's lock) and chattr (the fault tier's unwritable passwd-file): part of
+  # every Debian base system, named so a trimmed image fails here rather than in a test.
+  util-linux e2fsprogs
 )
 
 # ---------------------------------------------------------------------------------------------
