@@ -42,7 +42,7 @@ use sqlx::{Connection, Executor, PgConnection, PgPool};
 
 use crate::audit::SEALER_NAME;
 use crate::feed::{read_after, Checkpoint, FeedEvent};
-use crate::runner::{Subscriber, HANDOVER_LOCK};
+use crate::runner::{try_lead, Subscriber, HANDOVER_LOCK};
 use crate::{Projector, SubscriberError};
 
 /// How a rebuild runs.
@@ -561,12 +561,7 @@ async fn take_over(
         .await?;
     let deadline = Instant::now() + timeout;
     loop {
-        let leader: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('mpanel-subscriber:' || $1))")
-                .bind(name)
-                .fetch_one(&mut conn)
-                .await?;
-        if leader {
+        if try_lead(&mut conn, name).await? {
             return Ok(conn);
         }
         if Instant::now() > deadline {

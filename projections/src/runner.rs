@@ -196,12 +196,7 @@ async fn lead(
 ) -> Result<Led, SubscriberError> {
     let name = subscriber.name();
     let mut lock_conn = PgConnection::connect_with(&pool.connect_options()).await?;
-    let leader: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('mpanel-subscriber:' || $1))")
-            .bind(name)
-            .fetch_one(&mut lock_conn)
-            .await?;
-    if !leader {
+    if !try_lead(&mut lock_conn, name).await? {
         return Ok(Led::NotLeader);
     }
     tracing::info!(subscriber = name, "feed runner leads");
@@ -254,6 +249,18 @@ async fn lead(
             }
         }
     }
+}
+
+/// Tries to take `name`'s leadership lock (session-level, on `lock_conn`): whoever holds it
+/// runs the subscriber — a live runner, or a rebuild for its swap.
+pub(crate) async fn try_lead(
+    lock_conn: &mut PgConnection,
+    name: &str,
+) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('mpanel-subscriber:' || $1))")
+        .bind(name)
+        .fetch_one(lock_conn)
+        .await
 }
 
 /// The advisory-lock key a rebuild holds (exclusively) while it waits to swap `name`'s tables.
