@@ -310,8 +310,7 @@ impl<'a> Building<'a> {
         let mut attempt = 0;
         let retired = loop {
             attempt += 1;
-            progress = match catch_up(&self.pool, projector, build, progress, options, false).await
-            {
+            progress = match catch_up(&self.pool, projector, build, progress, options).await {
                 Ok(p) => p,
                 Err(e) => {
                     let _ = leader.close().await;
@@ -475,15 +474,14 @@ struct Progress {
     events: u64,
 }
 
-/// Applies batches to the build tables until the feed is drained (`until_short`: until a
-/// batch comes back short, so a steady stream of new events cannot keep phase 1 going).
+/// Applies batches to the build tables until the feed is drained (phase 2, with the live
+/// leader stepped down; phase 1, which stops at a short batch instead, is [`build_together`]).
 async fn catch_up(
     build_pool: &PgPool,
     projector: &dyn Projector,
     build: &Build,
     mut progress: Progress,
     options: &RebuildOptions,
-    until_short: bool,
 ) -> Result<Progress, RebuildError> {
     let mut last_log = Instant::now();
     loop {
@@ -500,9 +498,6 @@ async fn catch_up(
                 position = progress.at.position,
                 "rebuilding"
             );
-        }
-        if until_short && events.len() < usize::try_from(options.batch_size).unwrap_or(usize::MAX) {
-            return Ok(progress);
         }
     }
 }
