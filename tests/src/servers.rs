@@ -9,7 +9,13 @@ use uuid::Uuid;
 
 use crate::proxy::TcpProxy;
 
-fn env(var: &str) -> String {
+/// The stack's setting `var` (`POWERDNS_API_URL`, `HOSTING_ROOT`, …), as `scripts/test.sh`
+/// exports it.
+///
+/// # Panics
+/// When it is not set.
+#[must_use]
+pub fn env(var: &str) -> String {
     std::env::var(var)
         .unwrap_or_else(|_| panic!("{var} must be set; run the suite with scripts/test.sh"))
 }
@@ -75,6 +81,16 @@ pub async fn delete_zone(domain: &str) {
         .header("X-API-Key", env("POWERDNS_API_KEY"))
         .send()
         .await;
+}
+
+/// A [`TcpProxy`] in front of the stack's PowerDNS API (initially down), and the
+/// `POWERDNS_API_URL` that makes an app reach PowerDNS through it.
+#[must_use]
+pub fn powerdns_proxy() -> (TcpProxy, String) {
+    let api = env("POWERDNS_API_URL");
+    let proxy = TcpProxy::new(api.trim_start_matches("http://").trim_end_matches('/'));
+    let url = format!("http://127.0.0.1:{}", proxy.port);
+    (proxy, url)
 }
 
 /// A [`TcpProxy`] in front of the stack's sshd, with a known_hosts file naming the proxy's port

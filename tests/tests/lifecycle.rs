@@ -9,18 +9,12 @@ use std::time::Duration;
 
 use mpanel_adapters::provisioners::mail::{LocalPart, MailConfig, SshMailProvisioner};
 use mpanel_domain::values::DomainName;
-use mpanel_tests::proxy::TcpProxy;
-use mpanel_tests::servers::{delete_zone, imap_login, zone, SshProxy};
+use mpanel_tests::servers::{delete_zone, env, imap_login, powerdns_proxy, zone, SshProxy};
 use mpanel_tests::TestApp;
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-fn env(var: &str) -> String {
-    std::env::var(var)
-        .unwrap_or_else(|_| panic!("{var} must be set; run the suite with scripts/test.sh"))
-}
 
 fn unique_domain() -> String {
     format!(
@@ -461,14 +455,9 @@ async fn reprovision_repairs_drift_and_repeating_it_converges() {
 async fn an_order_cancelled_while_provisioning_runs_leaves_nothing_behind() {
     // PowerDNS answers slowly and one job runs at a time: the DNS job is mid-attempt and the
     // hosting and mail jobs are still waiting when the order is cancelled.
-    let proxy = TcpProxy::new(
-        env("POWERDNS_API_URL")
-            .trim_start_matches("http://")
-            .trim_end_matches('/'),
-    )
-    .slow(Duration::from_secs(3));
+    let (proxy, api) = powerdns_proxy();
+    let proxy = proxy.slow(Duration::from_secs(3));
     proxy.up().await;
-    let api = format!("http://127.0.0.1:{}", proxy.port);
     let app = TestApp::spawn_with(&[("POWERDNS_API_URL", &api), ("WORKER_CONCURRENCY", "1")]).await;
     let staff = Staff::admin(&app).await;
     let domain = unique_domain();

@@ -5,19 +5,13 @@ use std::time::{Duration, Instant};
 
 use mpanel_adapters::provisioners::mail::{LocalPart, MailConfig, SshMailProvisioner};
 use mpanel_domain::values::DomainName;
-use mpanel_tests::proxy::TcpProxy;
 use mpanel_tests::reliability::{self, Tally};
-use mpanel_tests::servers::{delete_zone, imap_login, zone};
+use mpanel_tests::servers::{delete_zone, env, imap_login, powerdns_proxy, zone};
 use mpanel_tests::TestApp;
 use reqwest::StatusCode;
 use secrecy::SecretString;
 use serde_json::Value;
 use uuid::Uuid;
-
-fn env(var: &str) -> String {
-    std::env::var(var)
-        .unwrap_or_else(|_| panic!("{var} must be set; run the suite with scripts/test.sh"))
-}
 
 fn unique_domain() -> String {
     format!(
@@ -333,13 +327,7 @@ async fn a_failing_step_is_visible_then_an_operator_retry_activates() {
 
 #[tokio::test]
 async fn powerdns_down_records_each_failed_attempt_and_recovers_by_itself_when_it_returns() {
-    let pdns = env("POWERDNS_API_URL");
-    let target = pdns
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let proxy = TcpProxy::new(&target);
-    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let (proxy, url) = powerdns_proxy();
     let app = TestApp::spawn_with(&[
         ("POWERDNS_API_URL", url.as_str()),
         ("JOB_MAX_ATTEMPTS", "50"),
@@ -393,14 +381,9 @@ async fn powerdns_down_records_each_failed_attempt_and_recovers_by_itself_when_i
 #[tokio::test]
 async fn a_killed_server_and_a_flushed_queue_lose_no_order_and_repeat_no_side_effect() {
     // PowerDNS answers slowly, so DNS jobs are mid-flight when the server is killed.
-    let pdns = env("POWERDNS_API_URL");
-    let target = pdns
-        .trim_start_matches("http://")
-        .trim_end_matches('/')
-        .to_owned();
-    let proxy = TcpProxy::new(&target).slow(Duration::from_millis(1500));
+    let (proxy, url) = powerdns_proxy();
+    let proxy = proxy.slow(Duration::from_millis(1500));
     proxy.up().await;
-    let url = format!("http://127.0.0.1:{}", proxy.port);
     let mut app =
         TestApp::spawn_with(&[("POWERDNS_API_URL", url.as_str()), ("JOB_LEASE_SECS", "4")]).await;
     let domains: Vec<String> = (0..4).map(|_| unique_domain()).collect();

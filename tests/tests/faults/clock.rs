@@ -13,15 +13,10 @@ use mpanel_domain::job::JobCommand;
 use mpanel_tests::faults::{settle, unique_domain, Delivery};
 use mpanel_tests::proxy::TcpProxy;
 use mpanel_tests::reliability;
-use mpanel_tests::servers::delete_zone;
+use mpanel_tests::servers::{delete_zone, powerdns_proxy};
 use mpanel_tests::TestApp;
 use serde_json::Value;
 use uuid::Uuid;
-
-fn env(var: &str) -> String {
-    std::env::var(var)
-        .unwrap_or_else(|_| panic!("{var} must be set; run the suite with scripts/test.sh"))
-}
 
 async fn job_events(app: &TestApp, job: Uuid, event_type: &str) -> Vec<Value> {
     sqlx::query_scalar(
@@ -54,9 +49,7 @@ struct Setup {
 }
 
 async fn order_with_powerdns_down(extra: &[(&str, &str)]) -> Setup {
-    let pdns = env("POWERDNS_API_URL");
-    let proxy = TcpProxy::new(pdns.trim_start_matches("http://").trim_end_matches('/'));
-    let url = format!("http://127.0.0.1:{}", proxy.port);
+    let (proxy, url) = powerdns_proxy();
     let mut vars = vec![
         ("POWERDNS_API_URL", url.as_str()),
         ("JOB_MAX_ATTEMPTS", "50"),

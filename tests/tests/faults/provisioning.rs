@@ -11,15 +11,10 @@ use std::process::Command;
 
 use mpanel_tests::faults::{admin_token, settle, unique_domain, Delivery};
 use mpanel_tests::reliability;
-use mpanel_tests::servers::{delete_zone, SshProxy};
+use mpanel_tests::servers::{delete_zone, env, SshProxy};
 use mpanel_tests::TestApp;
 use reqwest::StatusCode;
 use uuid::Uuid;
-
-fn env(var: &str) -> String {
-    std::env::var(var)
-        .unwrap_or_else(|_| panic!("{var} must be set; run the suite with scripts/test.sh"))
-}
 
 /// Places `n` orders; their deliveries (all 201).
 async fn place(app: &TestApp, n: usize) -> Vec<Delivery> {
