@@ -259,16 +259,8 @@ pub fn verify_export(reader: impl BufRead, scope: ExportScope) -> Result<VerifyR
     let mut events = 0u64;
     let mut first_prev: Option<Hash> = None;
     let mut last: Option<(i64, Hash)> = None;
-    for (index, text) in reader.lines().enumerate() {
-        let line_no = u64::try_from(index).unwrap_or(u64::MAX).saturating_add(1);
-        let text = text.map_err(|source| AuditError::Io {
-            context: "reading the export",
-            source,
-        })?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let (event, hash, prev) = parse_line(&text, line_no)?;
+    for record in records(reader) {
+        let (line_no, event, hash, prev) = record?;
         let broken = |kind, detail: String| VerifyReport::Broken {
             position: event.position,
             kind,
@@ -307,8 +299,26 @@ pub fn verify_export(reader: impl BufRead, scope: ExportScope) -> Result<VerifyR
     })
 }
 
+/// The records of an export, in file order, each as its 1-based line number, event, hash and
+/// previous hash; blank lines are skipped. Verification and replay both read files this way.
+pub(super) fn records(
+    reader: impl BufRead,
+) -> impl Iterator<Item = Result<(u64, FeedEvent, Hash, Hash), AuditError>> {
+    reader.lines().enumerate().filter_map(|(index, text)| {
+        let line = u64::try_from(index).unwrap_or(u64::MAX).saturating_add(1);
+        match text {
+            Err(source) => Some(Err(AuditError::Io {
+                context: "reading the export",
+                source,
+            })),
+            Ok(text) if text.trim().is_empty() => None,
+            Ok(text) => Some(parse_line(&text, line).map(|(e, h, p)| (line, e, h, p))),
+        }
+    })
+}
+
 /// Parses one export line into its event and seal.
-pub(super) fn parse_line(text: &str, line: u64) -> Result<(FeedEvent, Hash, Hash), AuditError> {
+fn parse_line(text: &str, line: u64) -> Result<(FeedEvent, Hash, Hash), AuditError> {
     serde_json::from_str::<ExportLine>(text)
         .map_err(|e| e.to_string())
         .and_then(ExportLine::decode)

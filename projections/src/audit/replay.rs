@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::{PgPool, Postgres, Transaction};
 
 use super::canonical::{seal_event, Hash};
-use super::export::parse_line;
+use super::export::records;
 use super::AuditError;
 use crate::FeedEvent;
 
@@ -63,16 +63,8 @@ pub async fn replay_export(
     }
     let mut summary = ReplaySummary::default();
     let mut open: Option<(Transaction<'static, Postgres>, usize, i64)> = None;
-    for (index, text) in reader.lines().enumerate() {
-        let line_no = u64::try_from(index).unwrap_or(u64::MAX).saturating_add(1);
-        let text = text.map_err(|source| AuditError::Io {
-            context: "reading the export",
-            source,
-        })?;
-        if text.trim().is_empty() {
-            continue;
-        }
-        let (event, hash, prev) = parse_line(&text, line_no)?;
+    for record in records(reader) {
+        let (line_no, event, hash, prev) = record?;
         if seal_event(&prev, &event) != hash {
             return Err(AuditError::Tampered {
                 line: line_no,
