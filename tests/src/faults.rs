@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use uuid::Uuid;
 
 use crate::reliability::Tally;
-use crate::TestApp;
+use crate::{unique_domain, TestApp};
 
 /// Environment for the bench-only instant provisioners: for faults of Postgres or Redis, where
 /// what is under test is mpanel's own machinery, not the provisioning servers (and where
@@ -21,15 +21,6 @@ pub const INSTANT_PROVISIONERS: &[(&str, &str)] = &[
     ("MPANEL_ALLOW_FAKE_PROVISIONERS", "1"),
     ("MPANEL_INSTANT_DELAY_MS", "5"),
 ];
-
-/// A domain no other test uses.
-#[must_use]
-pub fn unique_domain() -> String {
-    format!(
-        "f{}.example.net",
-        &Uuid::new_v4().simple().to_string()[..12]
-    )
-}
 
 /// One order the load sent, and what came back.
 #[derive(Debug, Clone)]

@@ -118,6 +118,15 @@ pub async fn seeded_database_on(
     (db, database_url, seeded)
 }
 
+/// A domain no other test uses (its zone, account and mailbox are this test's alone).
+#[must_use]
+pub fn unique_domain() -> String {
+    format!(
+        "t{}.example.net",
+        &Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -337,6 +346,20 @@ impl TestApp {
             .send()
             .await
             .expect("request")
+    }
+
+    /// Places an order for `domain` (a new payment intent, `owner@example.com`) and returns the
+    /// 201 body (`orderId`, `subscriptionId`, `jobIds`).
+    ///
+    /// # Panics
+    /// When the order is not answered 201.
+    pub async fn place(&self, domain: &str) -> Value {
+        let payment = format!("pi_{}", Uuid::new_v4().simple());
+        let r = self
+            .post_order(&self.order_body(&payment, "owner@example.com", domain))
+            .await;
+        assert_eq!(r.status(), reqwest::StatusCode::CREATED);
+        r.json().await.expect("body")
     }
 
     /// How many events of `event_type` the log holds (all types for `None`).

@@ -10,18 +10,11 @@ use std::time::Duration;
 use mpanel_adapters::provisioners::mail::{LocalPart, MailConfig, SshMailProvisioner};
 use mpanel_domain::values::DomainName;
 use mpanel_tests::servers::{delete_zone, env, imap_login, powerdns_proxy, zone, SshProxy};
-use mpanel_tests::TestApp;
+use mpanel_tests::{unique_domain, TestApp};
 use reqwest::{Method, StatusCode};
 use secrecy::SecretString;
 use serde_json::{json, Value};
 use uuid::Uuid;
-
-fn unique_domain() -> String {
-    format!(
-        "lc{}.example.net",
-        &Uuid::new_v4().simple().to_string()[..12]
-    )
-}
 
 /// Waits until IMAP LOGIN answers OK (`true`) or NO (`false`) as wanted; Dovecot re-reads the
 /// passwd-file when its mtime changes, which can take a moment to be noticed.
@@ -102,13 +95,9 @@ impl<'a> Staff<'a> {
     }
 }
 
+/// Places an order for `domain`; its order and subscription ids.
 async fn place(app: &TestApp, domain: &str) -> (String, String) {
-    let payment = format!("pi_{}", Uuid::new_v4().simple());
-    let r = app
-        .post_order(&app.order_body(&payment, "owner@example.com", domain))
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    let body: Value = r.json().await.expect("body");
+    let body = app.place(domain).await;
     (
         body["orderId"].as_str().expect("orderId").to_owned(),
         body["subscriptionId"]

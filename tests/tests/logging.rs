@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use mpanel_tests::TestApp;
+use mpanel_tests::{unique_domain, TestApp};
 use reqwest::StatusCode;
 use serde_json::Value;
 use uuid::Uuid;
@@ -195,10 +195,7 @@ async fn spans_are_exported_over_otlp_to_the_configured_endpoint() {
     ])
     .await;
     let payment = format!("pi_{}", Uuid::new_v4().simple());
-    let domain = format!(
-        "t{}.example.net",
-        &Uuid::new_v4().simple().to_string()[..12]
-    );
+    let domain = unique_domain();
     let response = app
         .http
         .post(format!("{}/api/orders", app.url))

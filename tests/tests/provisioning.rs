@@ -7,18 +7,10 @@ use mpanel_adapters::provisioners::mail::{LocalPart, MailConfig, SshMailProvisio
 use mpanel_domain::values::DomainName;
 use mpanel_tests::reliability::{self, Tally};
 use mpanel_tests::servers::{delete_zone, env, imap_login, powerdns_proxy, zone};
-use mpanel_tests::TestApp;
-use reqwest::StatusCode;
+use mpanel_tests::{unique_domain, TestApp};
 use secrecy::SecretString;
 use serde_json::Value;
 use uuid::Uuid;
-
-fn unique_domain() -> String {
-    format!(
-        "t{}.example.net",
-        &Uuid::new_v4().simple().to_string()[..12]
-    )
-}
 
 async fn subscription(
     app: &TestApp,
@@ -82,20 +74,11 @@ async fn active_and_never_early(app: &TestApp, sub: &str, secs: u64) {
     }
 }
 
-async fn place(app: &TestApp, domain: &str) -> Value {
-    let payment = format!("pi_{}", Uuid::new_v4().simple());
-    let r = app
-        .post_order(&app.order_body(&payment, "owner@example.com", domain))
-        .await;
-    assert_eq!(r.status(), StatusCode::CREATED);
-    r.json().await.expect("body")
-}
-
 #[tokio::test]
 async fn a_paid_order_is_provisioned_on_the_real_servers_and_only_then_activated() {
     let app = TestApp::spawn().await;
     let domain = unique_domain();
-    let body = place(&app, &domain).await;
+    let body = app.place(&domain).await;
     let sub = body["subscriptionId"]
         .as_str()
         .expect("subscriptionId")
@@ -249,7 +232,7 @@ async fn a_failing_step_is_visible_then_an_operator_retry_activates() {
     ])
     .await;
     let domain = unique_domain();
-    let body = place(&app, &domain).await;
+    let body = app.place(&domain).await;
     let sub = body["subscriptionId"]
         .as_str()
         .expect("subscriptionId")
@@ -336,7 +319,7 @@ async fn powerdns_down_records_each_failed_attempt_and_recovers_by_itself_when_i
     ])
     .await;
     let domain = unique_domain();
-    let body = place(&app, &domain).await;
+    let body = app.place(&domain).await;
     let sub = body["subscriptionId"]
         .as_str()
         .expect("subscriptionId")
@@ -390,7 +373,7 @@ async fn a_killed_server_and_a_flushed_queue_lose_no_order_and_repeat_no_side_ef
     let mut subs = vec![];
     for d in &domains {
         subs.push(
-            place(&app, d).await["subscriptionId"]
+            app.place(d).await["subscriptionId"]
                 .as_str()
                 .expect("sub")
                 .to_owned(),

@@ -14,7 +14,7 @@ use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::tenant::TenantCommand;
 use mpanel_domain::values::{Currency, Email, Money, TenantSlug};
 use mpanel_tests::reliability;
-use mpanel_tests::TestApp;
+use mpanel_tests::{unique_domain, TestApp};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -131,7 +131,7 @@ async fn place(app: &TestApp, tenant: &str, price: Uuid, email: &str) -> Value {
         "priceId": price,
         "customerEmail": email,
         "stripePaymentIntentId": format!("pi_{}", Uuid::new_v4().simple()),
-        "domain": format!("t{}.example.net", &Uuid::new_v4().simple().to_string()[..10]),
+        "domain": unique_domain(),
     });
     let r = app.post_order(&body).await;
     assert_eq!(r.status(), StatusCode::CREATED);

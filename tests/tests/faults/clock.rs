@@ -10,11 +10,11 @@ use chrono::Utc;
 use mpanel_adapters::bus::CommandBus;
 use mpanel_adapters::metadata::EventMetadata;
 use mpanel_domain::job::JobCommand;
-use mpanel_tests::faults::{settle, unique_domain, Delivery};
+use mpanel_tests::faults::{settle, Delivery};
 use mpanel_tests::proxy::TcpProxy;
 use mpanel_tests::reliability;
 use mpanel_tests::servers::{delete_zone, powerdns_proxy};
-use mpanel_tests::TestApp;
+use mpanel_tests::{unique_domain, TestApp};
 use serde_json::Value;
 use uuid::Uuid;
 

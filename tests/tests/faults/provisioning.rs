@@ -9,10 +9,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mpanel_tests::faults::{admin_token, settle, unique_domain, Delivery};
+use mpanel_tests::faults::{admin_token, settle, Delivery};
 use mpanel_tests::reliability;
 use mpanel_tests::servers::{delete_zone, env, SshProxy};
-use mpanel_tests::TestApp;
+use mpanel_tests::{unique_domain, TestApp};
 use reqwest::StatusCode;
 use uuid::Uuid;
 
