@@ -148,8 +148,10 @@ pub async fn aggregate_events<'e>(
     Ok(rows.into_iter().map(FeedEvent::from).collect())
 }
 
+/// An `events` row as [`SELECT_COLUMNS`] returns it (flattened into other row types that
+/// select the same columns, like the audit export's).
 #[derive(sqlx::FromRow)]
-struct FeedRow {
+pub(crate) struct FeedRow {
     global_position: i64,
     tx_id: i64,
     aggregate_type: String,

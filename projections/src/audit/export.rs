@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use super::canonical::{canonical_time, seal_event, Hash, GENESIS};
 use super::{AuditError, BreakKind, VerifyReport};
+use crate::feed::FeedRow;
 use crate::FeedEvent;
 
 /// One line of an export: the event's stored fields plus its seal. camelCase JSON; `payload`
@@ -144,16 +145,8 @@ LIMIT $4";
 
 #[derive(sqlx::FromRow)]
 struct SealedRow {
-    global_position: i64,
-    tx_id: i64,
-    aggregate_type: String,
-    aggregate_id: String,
-    sequence: i64,
-    event_type: String,
-    event_version: String,
-    payload: Value,
-    metadata: Value,
-    recorded_at: DateTime<Utc>,
+    #[sqlx(flatten)]
+    event: FeedRow,
     hash: Vec<u8>,
     prev_hash: Vec<u8>,
 }
@@ -198,19 +191,7 @@ where
             .fetch(&mut *tx);
         let mut buf = Vec::with_capacity(1024);
         while let Some(row) = rows.try_next().await? {
-            let event = FeedEvent {
-                position: row.global_position,
-                tx_id: row.tx_id,
-                aggregate_type: row.aggregate_type,
-                aggregate_id: row.aggregate_id,
-                sequence: row.sequence,
-                event_type: row.event_type,
-                event_version: row.event_version,
-                payload: row.payload,
-                metadata: row.metadata,
-                recorded_at: row.recorded_at,
-            };
-            let line = ExportLine::new(event, &row.hash, &row.prev_hash);
+            let line = ExportLine::new(row.event.into(), &row.hash, &row.prev_hash);
             buf.clear();
             serde_json::to_writer(&mut buf, &line).map_err(|e| AuditError::Io {
                 context: "encoding an export line",
