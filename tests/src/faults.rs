@@ -326,29 +326,6 @@ pub async fn sealed(app: &TestApp, secs: u64) {
     .await;
 }
 
-/// The seeded admin's access token (`admin@migrahosting.test`), for staff reads.
-///
-/// # Panics
-/// When the login fails.
-pub async fn admin_token(app: &TestApp) -> String {
-    let r = app
-        .http
-        .post(format!("{}/api/auth/login", app.url))
-        .json(&serde_json::json!({
-            "email": "admin@migrahosting.test",
-            "password": app.admin_password,
-        }))
-        .send()
-        .await
-        .expect("login");
-    assert!(r.status().is_success(), "admin login: {}", r.status());
-    let body: Value = r.json().await.expect("session");
-    body["accessToken"]
-        .as_str()
-        .expect("accessToken")
-        .to_owned()
-}
-
 /// A response's status, `Content-Type` and problem `type` (to check for 503 problem+json).
 pub async fn problem_of(r: reqwest::Response) -> (u16, Option<String>, Option<String>) {
     let status = r.status().as_u16();

@@ -362,6 +362,59 @@ impl TestApp {
         r.json().await.expect("body")
     }
 
+    /// Logs `email` in; its access token.
+    ///
+    /// # Panics
+    /// When the login is not answered 200.
+    pub async fn login(&self, email: &str, password: &str) -> String {
+        let r = self
+            .http
+            .post(format!("{}/api/auth/login", self.url))
+            .json(&serde_json::json!({ "email": email, "password": password }))
+            .send()
+            .await
+            .expect("login");
+        assert_eq!(r.status(), reqwest::StatusCode::OK, "login {email}");
+        let body: Value = r.json().await.expect("session");
+        body["accessToken"]
+            .as_str()
+            .expect("accessToken")
+            .to_owned()
+    }
+
+    /// The seeded admin's (`admin@migrahosting.test`) access token, for staff calls.
+    ///
+    /// # Panics
+    /// When the login fails.
+    pub async fn admin_token(&self) -> String {
+        self.login("admin@migrahosting.test", &self.admin_password)
+            .await
+    }
+
+    /// Sends `method path`, with `token` as bearer and `body` as JSON when given; the status
+    /// and the JSON answer (`Null` when there is none).
+    ///
+    /// # Panics
+    /// When the request cannot be sent.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (reqwest::StatusCode, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.url));
+        if let Some(t) = token {
+            request = request.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            request = request.json(&b);
+        }
+        let r = request.send().await.expect("request");
+        let status = r.status();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
     /// How many events of `event_type` the log holds (all types for `None`).
     pub async fn count_events(&self, event_type: Option<&str>) -> i64 {
         sqlx::query_scalar("SELECT count(*) FROM events WHERE $1::text IS NULL OR event_type = $1")

@@ -65,33 +65,16 @@ struct Staff<'a> {
 
 impl<'a> Staff<'a> {
     async fn admin(app: &'a TestApp) -> Self {
-        let r = app
-            .http
-            .post(format!("{}/api/auth/login", app.url))
-            .json(&json!({ "email": "admin@migrahosting.test", "password": app.admin_password }))
-            .send()
-            .await
-            .expect("login");
-        assert_eq!(r.status(), StatusCode::OK);
-        let body: Value = r.json().await.expect("session");
         Self {
             app,
-            token: body["accessToken"].as_str().expect("token").to_owned(),
+            token: app.admin_token().await,
         }
     }
 
     async fn post(&self, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = self
-            .app
-            .http
-            .request(Method::POST, format!("{}{path}", self.app.url))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            request = request.json(&b);
-        }
-        let r = request.send().await.expect("request");
-        let status = r.status();
-        (status, r.json().await.unwrap_or(Value::Null))
+        self.app
+            .call(Method::POST, path, Some(&self.token), body)
+            .await
     }
 }
 

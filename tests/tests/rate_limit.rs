@@ -94,16 +94,7 @@ async fn a_flood_from_one_client_does_not_starve_credentialed_callers() {
     let app = TestApp::spawn_with(LIMITS).await;
 
     // 1 of 5: staff log in from this address (login is anonymous, charged to the address).
-    let login = app
-        .http
-        .post(format!("{}/api/auth/login", app.url))
-        .json(&json!({ "email": "admin@migrahosting.test", "password": app.admin_password }))
-        .send()
-        .await
-        .expect("request");
-    assert_eq!(login.status(), StatusCode::OK);
-    let session: Value = login.json().await.expect("session");
-    let token = session["accessToken"].as_str().expect("token").to_owned();
+    let token = app.admin_token().await;
 
     // 2..3 of 5: bad webhook keys are refused and charged to the address.
     for _ in 0..2 {

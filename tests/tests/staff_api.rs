@@ -93,38 +93,6 @@ async fn user(app: &TestApp, tenant: Option<Uuid>, email: &str, role: Role) {
     .expect("create user");
 }
 
-async fn token(app: &TestApp, email: &str, password: &str) -> String {
-    let r = app
-        .http
-        .post(format!("{}/api/auth/login", app.url))
-        .json(&json!({ "email": email, "password": password }))
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(r.status(), StatusCode::OK, "login {email}");
-    let body: Value = r.json().await.expect("session");
-    body["accessToken"].as_str().expect("token").to_owned()
-}
-
-async fn call(
-    app: &TestApp,
-    method: Method,
-    path: &str,
-    token: Option<&str>,
-    body: Option<Value>,
-) -> (StatusCode, Value) {
-    let mut request = app.http.request(method, format!("{}{path}", app.url));
-    if let Some(t) = token {
-        request = request.bearer_auth(t);
-    }
-    if let Some(b) = body {
-        request = request.json(&b);
-    }
-    let r = request.send().await.expect("request");
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 async fn place(app: &TestApp, tenant: &str, price: Uuid, email: &str) -> Value {
     let body = json!({
         "tenantSlug": tenant,
@@ -196,26 +164,20 @@ async fn world(app: &TestApp) -> World {
     user(app, Some(tenant_a), "alice@example.com", Role::Customer).await;
     user(app, Some(tenant_b), "admin@otherhost.test", Role::Admin).await;
     let mut tokens = HashMap::new();
-    tokens.insert(
-        "super_admin",
-        token(app, "root@mpanel.test", PASSWORD).await,
-    );
-    tokens.insert(
-        "admin",
-        token(app, "admin@migrahosting.test", &app.admin_password).await,
-    );
+    tokens.insert("super_admin", app.login("root@mpanel.test", PASSWORD).await);
+    tokens.insert("admin", app.admin_token().await);
     tokens.insert(
         "support",
-        token(app, "support@migrahosting.test", PASSWORD).await,
+        app.login("support@migrahosting.test", PASSWORD).await,
     );
     tokens.insert(
         "auditor",
-        token(app, "auditor@migrahosting.test", PASSWORD).await,
+        app.login("auditor@migrahosting.test", PASSWORD).await,
     );
-    tokens.insert("customer", token(app, "alice@example.com", PASSWORD).await);
+    tokens.insert("customer", app.login("alice@example.com", PASSWORD).await);
     tokens.insert(
         "other_admin",
-        token(app, "admin@otherhost.test", PASSWORD).await,
+        app.login("admin@otherhost.test", PASSWORD).await,
     );
     let customer_a = ids::customer_id(tenant_a, &Email::parse("alice@example.com").expect("email"));
     World {
@@ -417,21 +379,16 @@ async fn every_endpoint_answers_each_role_as_the_role_table_says() {
         "the document lists the staff endpoints ({secured})"
     );
     for (method, path, body, allowed) in &matrix {
-        let (status, problem) = call(&app, method.clone(), path, None, body.clone()).await;
+        let (status, problem) = app.call(method.clone(), path, None, body.clone()).await;
         assert_eq!(
             status,
             StatusCode::UNAUTHORIZED,
             "{method} {path} without a token: {problem}"
         );
         for role in ALL {
-            let (status, answer) = call(
-                &app,
-                method.clone(),
-                path,
-                Some(&w.tokens[role]),
-                body.clone(),
-            )
-            .await;
+            let (status, answer) = app
+                .call(method.clone(), path, Some(&w.tokens[role]), body.clone())
+                .await;
             if allowed.contains(role) {
                 assert!(
                     status.is_success() || status == StatusCode::CONFLICT,
@@ -471,7 +428,7 @@ async fn another_tenants_resources_are_not_found_and_never_listed() {
         format!("/api/domains/{domain}"),
         format!("/api/products/{}", w.product_a),
     ] {
-        let (status, body) = call(&app, Method::GET, &path, Some(other), None).await;
+        let (status, body) = app.call(Method::GET, &path, Some(other), None).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
         assert!(!body.to_string().contains(&order), "no leak in {path}");
     }
@@ -513,7 +470,7 @@ async fn another_tenants_resources_are_not_found_and_never_listed() {
             None,
         ),
     ] {
-        let (status, answer) = call(&app, method.clone(), &path, Some(other), body).await;
+        let (status, answer) = app.call(method.clone(), &path, Some(other), body).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {answer}");
     }
     // Lists show only the caller's tenant; a super admin sees both.
@@ -526,7 +483,7 @@ async fn another_tenants_resources_are_not_found_and_never_listed() {
         "/api/domains",
         "/api/products",
     ] {
-        let (status, body) = call(&app, Method::GET, path, Some(other), None).await;
+        let (status, body) = app.call(Method::GET, path, Some(other), None).await;
         assert_eq!(status, StatusCode::OK, "{path}");
         let text = body.to_string();
         assert!(
@@ -542,17 +499,19 @@ async fn another_tenants_resources_are_not_found_and_never_listed() {
             "{path} shows tenant B's own rows"
         );
     }
-    let (_, all) = call(
-        &app,
-        Method::GET,
-        "/api/orders",
-        Some(&w.tokens["super_admin"]),
-        None,
-    )
-    .await;
+    let (_, all) = app
+        .call(
+            Method::GET,
+            "/api/orders",
+            Some(&w.tokens["super_admin"]),
+            None,
+        )
+        .await;
     let text = all.to_string();
     assert!(text.contains(&order) && text.contains(&mine));
-    let (_, theirs) = call(&app, Method::GET, "/api/products", Some(other), None).await;
+    let (_, theirs) = app
+        .call(Method::GET, "/api/products", Some(other), None)
+        .await;
     assert!(theirs.to_string().contains(&w.product_b.to_string()));
     reliability::attack(
         "Cross-tenant access: another tenant's orders, events, subscriptions, jobs, customers, domains and products read, changed or listed: 404, nothing leaked or written",
@@ -567,17 +526,21 @@ async fn a_customer_sees_only_their_own_orders_and_subscriptions() {
     let app = TestApp::spawn().await;
     let w = world(&app).await;
     let alice = &w.tokens["customer"];
-    let (status, list) = call(&app, Method::GET, "/api/orders", Some(alice), None).await;
+    let (status, list) = app
+        .call(Method::GET, "/api/orders", Some(alice), None)
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(list["total"], 1);
     assert_eq!(list["items"][0]["id"], w.order_a["orderId"]);
-    let (_, subs) = call(&app, Method::GET, "/api/subscriptions", Some(alice), None).await;
+    let (_, subs) = app
+        .call(Method::GET, "/api/subscriptions", Some(alice), None)
+        .await;
     assert_eq!(subs["total"], 1);
     for path in [
         format!("/api/orders/{}", s(&w.order_a2, "orderId")),
         format!("/api/subscriptions/{}", s(&w.order_a2, "subscriptionId")),
     ] {
-        let (status, _) = call(&app, Method::GET, &path, Some(alice), None).await;
+        let (status, _) = app.call(Method::GET, &path, Some(alice), None).await;
         assert_eq!(
             status,
             StatusCode::NOT_FOUND,
@@ -589,18 +552,18 @@ async fn a_customer_sees_only_their_own_orders_and_subscriptions() {
 #[tokio::test]
 async fn an_order_detail_embeds_its_subscription_and_jobs_and_its_history_is_in_order() {
     let app = TestApp::spawn().await;
-    let admin = token(&app, "admin@migrahosting.test", &app.admin_password).await;
+    let admin = app.admin_token().await;
     let order = place(&app, &app.tenant, app.price_id, "dora@example.com").await;
     projected(&app, &order).await;
     let id = s(&order, "orderId");
-    let (status, detail) = call(
-        &app,
-        Method::GET,
-        &format!("/api/orders/{id}"),
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, detail) = app
+        .call(
+            Method::GET,
+            &format!("/api/orders/{id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(detail["id"], order["orderId"]);
     assert_eq!(detail["customerEmail"], "dora@example.com");
@@ -611,14 +574,14 @@ async fn an_order_detail_embeds_its_subscription_and_jobs_and_its_history_is_in_
     );
     assert_eq!(detail["jobs"].as_array().map(Vec::len), Some(3));
 
-    let (status, history) = call(
-        &app,
-        Method::GET,
-        &format!("/api/orders/{id}/events"),
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, history) = app
+        .call(
+            Method::GET,
+            &format!("/api/orders/{id}/events"),
+            Some(&admin),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     let events = history.as_array().expect("events");
     assert_eq!(events[0]["eventType"], "OrderPlaced");
@@ -634,33 +597,23 @@ async fn an_order_detail_embeds_its_subscription_and_jobs_and_its_history_is_in_
     );
     assert!(events.iter().all(|e| e["recordedAt"].is_string()));
 
-    let (status, problem) = call(
-        &app,
-        Method::GET,
-        "/api/orders/not-a-uuid",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, problem) = app
+        .call(Method::GET, "/api/orders/not-a-uuid", Some(&admin), None)
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem["errors"][0]["field"], "id");
-    let (status, _) = call(
-        &app,
-        Method::GET,
-        &format!("/api/orders/{}", Uuid::new_v4()),
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, _) = app
+        .call(
+            Method::GET,
+            &format!("/api/orders/{}", Uuid::new_v4()),
+            Some(&admin),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
-    let (status, problem) = call(
-        &app,
-        Method::GET,
-        "/api/orders?perPage=1000",
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, problem) = app
+        .call(Method::GET, "/api/orders?perPage=1000", Some(&admin), None)
+        .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(problem["errors"][0]["field"], "perPage");
 }
@@ -668,7 +621,7 @@ async fn an_order_detail_embeds_its_subscription_and_jobs_and_its_history_is_in_
 #[tokio::test]
 async fn the_catalog_is_managed_through_commands_and_reaches_the_public_catalog() {
     let app = TestApp::spawn().await;
-    let admin = token(&app, "admin@migrahosting.test", &app.admin_password).await;
+    let admin = app.admin_token().await;
     let before = app.count_events(None).await;
     for (body, field) in [
         (json!({ "plan": ["dns"] }), "name"),
@@ -681,14 +634,14 @@ async fn the_catalog_is_managed_through_commands_and_reaches_the_public_catalog(
             "tenantSlug",
         ),
     ] {
-        let (status, problem) = call(
-            &app,
-            Method::POST,
-            "/api/products",
-            Some(&admin),
-            Some(body.clone()),
-        )
-        .await;
+        let (status, problem) = app
+            .call(
+                Method::POST,
+                "/api/products",
+                Some(&admin),
+                Some(body.clone()),
+            )
+            .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert!(
             problem.to_string().contains(field),
@@ -701,25 +654,27 @@ async fn the_catalog_is_managed_through_commands_and_reaches_the_public_catalog(
         "nothing written on bad input"
     );
 
-    let (status, created) = call(
-        &app,
-        Method::POST,
-        "/api/products",
-        Some(&admin),
-        Some(json!({ "name": "Pro Hosting", "description": "More", "plan": ["hosting", "dns"] })),
-    )
-    .await;
+    let (status, created) = app
+        .call(
+            Method::POST,
+            "/api/products",
+            Some(&admin),
+            Some(
+                json!({ "name": "Pro Hosting", "description": "More", "plan": ["hosting", "dns"] }),
+            ),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     let id = s(&created, "id");
     assert_eq!(created["plan"], json!(["dns", "hosting"]));
-    let (status, price) = call(
-        &app,
-        Method::POST,
-        &format!("/api/products/{id}/prices"),
-        Some(&admin),
-        Some(json!({ "amountMinor": 2499, "currency": "usd", "interval": "month" })),
-    )
-    .await;
+    let (status, price) = app
+        .call(
+            Method::POST,
+            &format!("/api/products/{id}/prices"),
+            Some(&admin),
+            Some(json!({ "amountMinor": 2499, "currency": "usd", "interval": "month" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CREATED);
     assert_eq!(price["currency"], "USD");
     let price_id = s(&price, "id");
@@ -741,14 +696,14 @@ async fn the_catalog_is_managed_through_commands_and_reaches_the_public_catalog(
             "interval",
         ),
     ] {
-        let (status, problem) = call(
-            &app,
-            Method::POST,
-            &format!("/api/products/{id}/prices"),
-            Some(&admin),
-            Some(body.clone()),
-        )
-        .await;
+        let (status, problem) = app
+            .call(
+                Method::POST,
+                &format!("/api/products/{id}/prices"),
+                Some(&admin),
+                Some(body.clone()),
+            )
+            .await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
         assert!(
             problem.to_string().contains(field),
@@ -778,26 +733,26 @@ async fn the_catalog_is_managed_through_commands_and_reaches_the_public_catalog(
     })
     .await;
 
-    let (status, updated) = call(
-        &app,
-        Method::PATCH,
-        &format!("/api/products/{id}"),
-        Some(&admin),
-        Some(json!({ "name": "Pro Hosting 2" })),
-    )
-    .await;
+    let (status, updated) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/products/{id}"),
+            Some(&admin),
+            Some(json!({ "name": "Pro Hosting 2" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(updated["name"], "Pro Hosting 2");
     assert_eq!(updated["description"], "More");
 
-    let (status, _) = call(
-        &app,
-        Method::DELETE,
-        &format!("/api/products/{id}/prices/{price_id}"),
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/api/products/{id}/prices/{price_id}"),
+            Some(&admin),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
     app.eventually(10, "deactivated price withdrawn", || async {
         (!public(&app).await.to_string().contains(&price_id)).then_some(())
@@ -807,32 +762,32 @@ async fn the_catalog_is_managed_through_commands_and_reaches_the_public_catalog(
     // Archiving: orders of the archived product's prices are refused; existing orders keep
     // their snapshot.
     let order = place(&app, &app.tenant, app.price_id, "erin@example.com").await;
-    let (status, _) = call(
-        &app,
-        Method::DELETE,
-        &format!("/api/products/{}", app.product_id),
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/api/products/{}", app.product_id),
+            Some(&admin),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT);
-    let (status, _) = call(
-        &app,
-        Method::DELETE,
-        &format!("/api/products/{}", app.product_id),
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, _) = app
+        .call(
+            Method::DELETE,
+            &format!("/api/products/{}", app.product_id),
+            Some(&admin),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::NO_CONTENT, "archiving twice converges");
-    let (status, _) = call(
-        &app,
-        Method::PATCH,
-        &format!("/api/products/{}", app.product_id),
-        Some(&admin),
-        Some(json!({ "name": "Zombie" })),
-    )
-    .await;
+    let (status, _) = app
+        .call(
+            Method::PATCH,
+            &format!("/api/products/{}", app.product_id),
+            Some(&admin),
+            Some(json!({ "name": "Zombie" })),
+        )
+        .await;
     assert_eq!(status, StatusCode::CONFLICT);
     app.eventually(10, "archived product withdrawn", || async {
         (!public(&app)
@@ -850,14 +805,14 @@ async fn the_catalog_is_managed_through_commands_and_reaches_the_public_catalog(
         ))
         .await;
     assert_eq!(late.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let (status, detail) = call(
-        &app,
-        Method::GET,
-        &format!("/api/orders/{}", s(&order, "orderId")),
-        Some(&admin),
-        None,
-    )
-    .await;
+    let (status, detail) = app
+        .call(
+            Method::GET,
+            &format!("/api/orders/{}", s(&order, "orderId")),
+            Some(&admin),
+            None,
+        )
+        .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(detail["productName"], "Starter Hosting");
     assert_eq!(detail["amountMinor"], 999);

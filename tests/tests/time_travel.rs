@@ -11,7 +11,7 @@ use mpanel_domain::ids;
 use mpanel_domain::tenant::TenantCommand;
 use mpanel_domain::values::{Email, TenantSlug};
 use mpanel_tests::TestApp;
-use reqwest::StatusCode;
+use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -27,32 +27,11 @@ async fn user(app: &TestApp, tenant: Option<Uuid>, email: &str, role: Role) -> S
     )
     .await
     .expect("create user");
-    token(app, email, PASSWORD).await
-}
-
-async fn token(app: &TestApp, email: &str, password: &str) -> String {
-    let r = app
-        .http
-        .post(format!("{}/api/auth/login", app.url))
-        .json(&json!({ "email": email, "password": password }))
-        .send()
-        .await
-        .expect("login");
-    assert_eq!(r.status(), StatusCode::OK, "login {email}");
-    let body: Value = r.json().await.expect("session");
-    body["accessToken"].as_str().expect("token").to_owned()
+    app.login(email, PASSWORD).await
 }
 
 async fn get(app: &TestApp, path: &str, token: &str) -> (StatusCode, Value) {
-    let r = app
-        .http
-        .get(format!("{}{path}", app.url))
-        .bearer_auth(token)
-        .send()
-        .await
-        .expect("request");
-    let status = r.status();
-    (status, r.json().await.unwrap_or(Value::Null))
+    app.call(Method::GET, path, Some(token), None).await
 }
 
 /// Places an order and waits until its subscription settled (ACTIVE with the order FULFILLED,
@@ -115,7 +94,7 @@ fn without(mut v: Value, keys: &[&str]) -> Value {
 #[tokio::test]
 async fn an_order_and_its_subscription_are_shown_as_of_any_position() {
     let app = TestApp::spawn().await;
-    let admin = token(&app, "admin@migrahosting.test", &app.admin_password).await;
+    let admin = app.admin_token().await;
     let (order, sub) = settled_order(&app, &admin).await;
 
     // At the OrderPlaced event: paid, no subscription yet.
@@ -248,7 +227,7 @@ async fn all_pages(app: &TestApp, token: &str, limit: usize) -> Vec<Value> {
 #[tokio::test]
 async fn auditors_verify_the_chain_page_through_the_log_and_see_tampering() {
     let app = TestApp::spawn().await;
-    let admin = token(&app, "admin@migrahosting.test", &app.admin_password).await;
+    let admin = app.admin_token().await;
     let tenant = ids::tenant_id(&TenantSlug::parse(&app.tenant).expect("slug"));
     let (order, _) = settled_order(&app, &admin).await;
     let other = register_tenant(&app, "otheraudit").await;

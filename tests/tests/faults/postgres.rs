@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use mpanel_tests::faults::{admin_token, problem_of, settle, Delivery, Load, INSTANT_PROVISIONERS};
+use mpanel_tests::faults::{problem_of, settle, Delivery, Load, INSTANT_PROVISIONERS};
 use mpanel_tests::private::PrivatePostgres;
 use mpanel_tests::reliability::{self, Tally};
 use mpanel_tests::TestApp;
@@ -18,7 +18,7 @@ const UNAVAILABLE: &str = "urn:mpanel:problem:unavailable";
 async fn restart_under_load(mode: &str) -> Tally {
     let pg = PrivatePostgres::start();
     let app = TestApp::spawn_on(&pg.admin_url(), INSTANT_PROVISIONERS).await;
-    let token = admin_token(&app).await;
+    let token = app.admin_token().await;
     let load = Load::start(&app, 2, Duration::from_millis(200));
     app.eventually(60, "orders taken before the fault", || async {
         (load.sent() >= 6).then_some(())

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use mpanel_tests::faults::{admin_token, settle, Delivery};
+use mpanel_tests::faults::{settle, Delivery};
 use mpanel_tests::reliability;
 use mpanel_tests::servers::{delete_zone, env, SshProxy};
 use mpanel_tests::{unique_domain, TestApp};
@@ -72,7 +72,7 @@ async fn failed_visibly(app: &TestApp, domains: &[String], step: &str) -> (Vec<U
 
 /// Retries `jobs`, half through the CLI and half through the API, as an operator would.
 async fn operator_retries(app: &TestApp, jobs: &[Uuid]) {
-    let token = admin_token(app).await;
+    let token = app.admin_token().await;
     for (i, job) in jobs.iter().enumerate() {
         if i % 2 == 0 {
             let out = app.cli(&["jobs", "retry", &job.to_string()]);

@@ -4,9 +4,7 @@
 //! once with two different payloads places exactly one order, the other payload answered 409.
 
 use futures::future::join_all;
-use mpanel_tests::faults::{
-    admin_token, sealed, settle, verify_log, Delivery, INSTANT_PROVISIONERS,
-};
+use mpanel_tests::faults::{sealed, settle, verify_log, Delivery, INSTANT_PROVISIONERS};
 use mpanel_tests::reliability::{self, Tally};
 use mpanel_tests::TestApp;
 use serde_json::{json, Value};
@@ -25,7 +23,7 @@ async fn send(request: reqwest::RequestBuilder) -> (u16, Value) {
 async fn concurrent_catalog_commands_on_one_product_all_land_and_none_is_lost() {
     // The bus logs each lost write race at debug: that is how the test knows it raced.
     let app = TestApp::spawn_with(&[("RUST_LOG", "info,mpanel_adapters::bus=debug")]).await;
-    let token = admin_token(&app).await;
+    let token = app.admin_token().await;
     let product = format!("{}/api/products/{}", app.url, app.product_id);
     let mut prices: Vec<String> = vec![];
     let mut rounds = 0;
