@@ -41,10 +41,7 @@ pub const READ_MODEL_TABLES: &[(&str, &str)] = &[
 /// # Errors
 /// The database error.
 pub async fn read_model_checksums(pool: &PgPool) -> Result<BTreeMap<String, String>, AuditError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = super::snapshot(pool).await?;
     sqlx::query("SET LOCAL TimeZone = 'UTC'")
         .execute(&mut *tx)
         .await?;

@@ -168,10 +168,7 @@ pub async fn export<W>(
 where
     W: AsyncWrite + Unpin + Send,
 {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = super::snapshot(pool).await?;
     let after_tx: i64 = if filter.after == 0 {
         0
     } else {

@@ -33,6 +33,18 @@ pub use sealer::{AuditSealer, SEALER_NAME};
 pub use verify::verify_database;
 
 use serde::Serialize;
+use sqlx::{PgPool, Postgres, Transaction};
+
+/// Begins a read-only `REPEATABLE READ` transaction: one consistent snapshot of the log, seals
+/// and read models for as long as a walk over them takes, and, taking no transaction id, never
+/// holding the feed back.
+async fn snapshot(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
 
 /// The outcome of a chain verification, live or offline. Serialises as camelCase JSON with a
 /// `status` tag (`"ok"` / `"broken"`), ready for `/api/audit/verify` and the CLI.

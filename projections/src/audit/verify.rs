@@ -72,10 +72,7 @@ impl WalkRow {
 /// # Errors
 /// Database errors only; a broken chain is an `Ok(VerifyReport::Broken)`.
 pub async fn verify_database(pool: &PgPool) -> Result<VerifyReport, AuditError> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    let mut tx = super::snapshot(pool).await?;
     let sealed_up_to: Checkpoint = sqlx::query_as::<_, (i64, i64)>(
         "SELECT tx_id::text::bigint, position FROM checkpoints WHERE subscriber = $1",
     )
