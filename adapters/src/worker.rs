@@ -392,14 +392,23 @@ fn trace_of(history: &[EventEnvelope<Job>]) -> Option<&str> {
 }
 
 /// The span of one provisioner call, named for its step (`dns.provision`, `hosting.provision`,
-/// `mail.provision`); the provisioners' own spans (`ssh.run_script`) nest inside.
+/// `mail.provision`); the provisioners' own spans (`ssh.run_script`) nest inside. The only span
+/// of the call: the provisioners do not open one of their own. `job_id` is on the parent
+/// `job.attempt` span.
 fn provision_span(step: ProvisioningStep, request: &ProvisionRequest) -> tracing::Span {
     let domain = request.domain.as_str();
     let action = request.action.as_str();
+    let subscription_id = tracing::field::display(request.subscription_id);
     match step {
-        ProvisioningStep::Dns => tracing::info_span!("dns.provision", domain, action),
-        ProvisioningStep::Hosting => tracing::info_span!("hosting.provision", domain, action),
-        ProvisioningStep::Mail => tracing::info_span!("mail.provision", domain, action),
+        ProvisioningStep::Dns => {
+            tracing::info_span!("dns.provision", domain, action, subscription_id)
+        }
+        ProvisioningStep::Hosting => {
+            tracing::info_span!("hosting.provision", domain, action, subscription_id)
+        }
+        ProvisioningStep::Mail => {
+            tracing::info_span!("mail.provision", domain, action, subscription_id)
+        }
     }
 }
 

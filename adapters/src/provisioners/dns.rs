@@ -431,10 +431,6 @@ impl PowerDnsProvisioner {
 
 #[async_trait]
 impl Provisioner for PowerDnsProvisioner {
-    #[tracing::instrument(
-        skip(self, request),
-        fields(job_id = %request.job_id, domain = %request.domain, action = %request.action)
-    )]
     async fn provision(&self, request: &ProvisionRequest) -> Result<StepOutcome, ProvisionError> {
         if request.step != ProvisioningStep::Dns {
             return Err(ProvisionError::Permanent(format!(

@@ -367,16 +367,6 @@ impl SshHostingProvisioner {
 
 #[async_trait]
 impl Provisioner for SshHostingProvisioner {
-    #[tracing::instrument(
-        name = "hosting.provision",
-        skip_all,
-        fields(
-            job_id = %request.job_id,
-            subscription_id = %request.subscription_id,
-            domain = %request.domain,
-            action = %request.action,
-        )
-    )]
     async fn provision(&self, request: &ProvisionRequest) -> Result<StepOutcome, ProvisionError> {
         if request.step != ProvisioningStep::Hosting {
             return Err(ProvisionError::Permanent(format!(

@@ -503,16 +503,6 @@ impl SshMailProvisioner {
 
 #[async_trait]
 impl Provisioner for SshMailProvisioner {
-    #[tracing::instrument(
-        name = "mail.provision",
-        skip_all,
-        fields(
-            job_id = %request.job_id,
-            subscription_id = %request.subscription_id,
-            domain = %request.domain,
-            action = %request.action,
-        )
-    )]
     async fn provision(&self, request: &ProvisionRequest) -> Result<StepOutcome, ProvisionError> {
         if request.step != ProvisioningStep::Mail {
             return Err(ProvisionError::Permanent(format!(
