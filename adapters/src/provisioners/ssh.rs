@@ -310,11 +310,6 @@ impl SshTarget {
     /// # Errors
     /// [`SshError`]; [`SshError::is_transient`] tells whether a retry may help. The host key is
     /// verified before authenticating; an unknown or changed key is refused.
-    #[tracing::instrument(
-        name = "ssh.run_script",
-        skip_all,
-        fields(ssh_host = %self.host, ssh_port = self.port, ssh_user = %self.user)
-    )]
     pub async fn run_script(
         &self,
         script: &str,
@@ -323,7 +318,8 @@ impl SshTarget {
     ) -> Result<Output, SshError> {
         let command = command_line(script, args)?;
         let target = self.clone();
-        // A child of the caller's span (the job attempt's), entered on the blocking thread.
+        // The one span of the run: a child of the caller's (the provisioner call's), entered on
+        // the blocking thread.
         let span = tracing::info_span!(
             "ssh.run_script",
             host = %self.host,
