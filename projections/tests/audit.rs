@@ -2,7 +2,6 @@
 //! verification, replay into a second database, and read-model checksums.
 
 use std::io::Cursor;
-use std::time::Duration;
 
 use mpanel_domain::product::ProductEvent;
 use mpanel_domain::tenant::TenantEvent;
@@ -34,31 +33,9 @@ async fn feed_positions(pool: &PgPool) -> Vec<i64> {
         .expect("positions")
 }
 
-/// Catches every projector (and the sealer) up to the last event. Snapshots are cluster-wide,
-/// so a transaction of a test running in parallel may hold the feed back for a moment: this
-/// waits for delivery (bounded).
+/// Catches every projector (and the sealer) up to the last event.
 async fn settle(pool: &PgPool) {
-    let head: Option<(i64, i64)> = sqlx::query_as(
-        "SELECT tx_id::text::bigint, global_position FROM events ORDER BY tx_id DESC, global_position DESC LIMIT 1",
-    )
-    .fetch_optional(pool)
-    .await
-    .expect("head");
-    let Some((tx_id, position)) = head else {
-        return;
-    };
-    for _ in 0..1000 {
-        let mut done = true;
-        for sub in projectors::all() {
-            let reached = catch_up(pool, &sub, 100).await.expect("catch up");
-            done &= reached.tx_id == tx_id && reached.position == position;
-        }
-        if done {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("projectors did not reach the head");
+    common::settle(pool, 100).await;
 }
 
 async fn seal_hash_at(pool: &PgPool, position: i64) -> String {

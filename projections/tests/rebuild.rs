@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mpanel_projections::audit::read_model_checksums;
 use mpanel_projections::rebuild::{self, RebuildError, RebuildOptions};
-use mpanel_projections::runner::{self, catch_up, load_checkpoint, RunnerConfig};
+use mpanel_projections::runner::{self, load_checkpoint, RunnerConfig};
 use mpanel_projections::{projectors, Checkpoint};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
@@ -33,30 +33,12 @@ async fn seed(pool: &PgPool, from: usize, to: usize) {
 
 /// The head in feed order.
 async fn head(pool: &PgPool) -> Checkpoint {
-    let (tx_id, position): (i64, i64) = sqlx::query_as(
-        "SELECT tx_id::text::bigint, global_position FROM events ORDER BY tx_id DESC, global_position DESC LIMIT 1",
-    )
-    .fetch_one(pool)
-    .await
-    .expect("head");
-    Checkpoint { tx_id, position }
+    common::log_head(pool).await.expect("head")
 }
 
-/// Catches every projector up to the head (bounded wait: another test's transaction may hold
-/// the feed back for a moment).
+/// Catches every projector up to the head.
 async fn settle(pool: &PgPool) {
-    let head = head(pool).await;
-    for _ in 0..1000 {
-        let mut done = true;
-        for sub in projectors::all() {
-            done &= catch_up(pool, &sub, 500).await.expect("catch up") == head;
-        }
-        if done {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("projectors did not reach the head");
+    common::settle(pool, 500).await;
 }
 
 /// Waits until every projector's checkpoint (moved by live runners) is at the head.

@@ -11,9 +11,12 @@ use mpanel_domain::subscription::SubscriptionEvent;
 use mpanel_domain::tenant::TenantEvent;
 use mpanel_domain::values::{Currency, DomainName, Email, Money, PaymentReference, TenantSlug};
 use mpanel_domain::ProvisioningStep;
+use mpanel_projections::runner::catch_up;
+use mpanel_projections::{projectors, Checkpoint};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
+use std::time::Duration;
 use uuid::Uuid;
 
 // ---------------------------------------------------------------------------------------------
@@ -372,4 +375,38 @@ pub async fn seed_tenant(pool: &PgPool, slug: &str, payment: &str, domain: &str)
     .await;
     late.commit().await.expect("commit late");
     tenant
+}
+
+// ---------------------------------------------------------------------------------------------
+// Waiting for the projectors.
+
+/// The newest event in feed order, visible to the feed yet or not (`None` for an empty log).
+pub async fn log_head(pool: &PgPool) -> Option<Checkpoint> {
+    sqlx::query_as::<_, (i64, i64)>(
+        "SELECT tx_id::text::bigint, global_position FROM events ORDER BY tx_id DESC, global_position DESC LIMIT 1",
+    )
+    .fetch_optional(pool)
+    .await
+    .expect("head")
+    .map(|(tx_id, position)| Checkpoint { tx_id, position })
+}
+
+/// Catches every projector (and the sealer) up to the last event, `batch` events at a time.
+/// Snapshots are cluster-wide, so a transaction of a test running in parallel may hold the
+/// feed back for a moment: this waits for delivery (bounded).
+pub async fn settle(pool: &PgPool, batch: i64) {
+    let Some(head) = log_head(pool).await else {
+        return;
+    };
+    for _ in 0..1000 {
+        let mut done = true;
+        for sub in projectors::all() {
+            done &= catch_up(pool, &sub, batch).await.expect("catch up") == head;
+        }
+        if done {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("projectors did not reach the head");
 }
