@@ -27,14 +27,29 @@ pub fn object(
     if !is_json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let body = body.map_err(|rejection| {
+    parse_object(&bytes(body)?)
+}
+
+/// The body's bytes, as the extractor read them.
+///
+/// # Errors
+/// 413 for an oversized body, 422 (`body`) when it could not be read.
+pub fn bytes(body: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge
         } else {
             ApiError::field("body", "could not be read")
         }
-    })?;
-    match serde_json::from_slice::<Value>(&body) {
+    })
+}
+
+/// Parses `body` as a JSON object.
+///
+/// # Errors
+/// 422 (`body`) for malformed JSON or a non-object.
+pub fn parse_object(body: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(ApiError::field("body", "must be a JSON object")),
         Err(e) => Err(ApiError::field(

@@ -20,6 +20,7 @@ use sqlx::PgPool;
 use subtle::{Choice, ConstantTimeEq};
 use uuid::Uuid;
 
+use super::json;
 use super::orders::{intake_error, order_request, OrderFields};
 use super::problem::{ApiError, PROBLEM_JSON};
 use super::AppState;
@@ -232,13 +233,7 @@ pub async fn webhook(
     let Some(secret) = state.stripe_secret.clone() else {
         return Err(ApiError::Unavailable("STRIPE_WEBHOOK_SECRET is not configured".into()).into());
     };
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge
-        } else {
-            ApiError::field("body", "could not be read")
-        }
-    })?;
+    let body = json::bytes(body)?;
     let signature = headers
         .get(SIGNATURE_HEADER)
         .ok_or(SignatureError::Missing)?
@@ -293,19 +288,7 @@ pub async fn webhook(
 
 /// Parses the authenticated body's envelope: `{id, type, data: {object}}`.
 fn parse_event(body: &[u8]) -> Result<StripeEvent, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::field(
-            "body",
-            format!(
-                "is not valid JSON (line {}, column {})",
-                e.line(),
-                e.column()
-            ),
-        )
-    })?;
-    let Value::Object(mut event) = value else {
-        return Err(ApiError::field("body", "must be a JSON object"));
-    };
+    let mut event = json::parse_object(body)?;
     let id = match event.remove("id") {
         Some(Value::String(id)) if is_event_id(&id) => id,
         _ => {
