@@ -312,6 +312,18 @@ pub enum SubscriptionEvent {
 }
 
 impl SubscriptionEvent {
+    /// The event that records a request for `action` (the inverse of
+    /// [`SubscriptionEvent::operation_request`]).
+    #[must_use]
+    pub fn requested(action: JobAction, request: OperationRequest) -> Self {
+        match action {
+            JobAction::Suspend => Self::SubscriptionSuspensionRequested(request),
+            JobAction::Unsuspend => Self::SubscriptionUnsuspensionRequested(request),
+            JobAction::Terminate => Self::SubscriptionTerminationRequested(request),
+            JobAction::Provision => Self::SubscriptionReprovisioningRequested(request),
+        }
+    }
+
     /// The lifecycle request this event records, with its action, if it is one.
     #[must_use]
     pub fn operation_request(&self) -> Option<(JobAction, &OperationRequest)> {
@@ -520,12 +532,7 @@ impl Subscription {
             requested_at: at,
         };
         let nothing_to_do = request.steps.is_empty();
-        let mut events = vec![match action {
-            JobAction::Suspend => SubscriptionEvent::SubscriptionSuspensionRequested(request),
-            JobAction::Unsuspend => SubscriptionEvent::SubscriptionUnsuspensionRequested(request),
-            JobAction::Terminate => SubscriptionEvent::SubscriptionTerminationRequested(request),
-            JobAction::Provision => SubscriptionEvent::SubscriptionReprovisioningRequested(request),
-        }];
+        let mut events = vec![SubscriptionEvent::requested(action, request)];
         if nothing_to_do {
             events.push(completed(action, generation, at));
         }
