@@ -191,33 +191,41 @@ async fn apply_change(
     action: JobAction,
     at: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), SubscriberError> {
-    let statements: &[&str] = match (action, step) {
-        (JobAction::Terminate, ProvisioningStep::Dns) => &[
-            "DELETE FROM dns_records WHERE zone IN (SELECT zone FROM dns_zones WHERE subscription_id = $1)",
-            "DELETE FROM dns_zones WHERE subscription_id = $1",
-        ],
-        (JobAction::Terminate, ProvisioningStep::Hosting) => {
-            &["DELETE FROM hosting_accounts WHERE subscription_id = $1"]
-        }
-        (JobAction::Terminate, ProvisioningStep::Mail) => {
-            &["DELETE FROM mail_accounts WHERE subscription_id = $1"]
-        }
-        (JobAction::Suspend | JobAction::Unsuspend, ProvisioningStep::Hosting) => &[
-            "UPDATE hosting_accounts SET suspended = $2, updated_at = $3 WHERE subscription_id = $1",
-        ],
-        (JobAction::Suspend | JobAction::Unsuspend, ProvisioningStep::Mail) => &[
-            "UPDATE mail_accounts SET suspended = $2, updated_at = $3 WHERE subscription_id = $1",
-        ],
-        _ => &[],
+    let table = match step {
+        ProvisioningStep::Dns => None,
+        ProvisioningStep::Hosting => Some("hosting_accounts"),
+        ProvisioningStep::Mail => Some("mail_accounts"),
     };
-    for statement in statements {
-        let query = sqlx::query(statement).bind(subscription_id);
-        let query = if statement.contains("$2") {
-            query.bind(action == JobAction::Suspend).bind(at)
-        } else {
-            query
-        };
-        query.execute(&mut *tx).await?;
+    match (action, table) {
+        (JobAction::Terminate, None) => {
+            sqlx::query(
+                "DELETE FROM dns_records WHERE zone IN (SELECT zone FROM dns_zones WHERE subscription_id = $1)",
+            )
+            .bind(subscription_id)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM dns_zones WHERE subscription_id = $1")
+                .bind(subscription_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        (JobAction::Terminate, Some(table)) => {
+            sqlx::query(&format!("DELETE FROM {table} WHERE subscription_id = $1"))
+                .bind(subscription_id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        (JobAction::Suspend | JobAction::Unsuspend, Some(table)) => {
+            sqlx::query(&format!(
+                "UPDATE {table} SET suspended = $2, updated_at = $3 WHERE subscription_id = $1"
+            ))
+            .bind(subscription_id)
+            .bind(action == JobAction::Suspend)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?;
+        }
+        _ => {}
     }
     Ok(())
 }
