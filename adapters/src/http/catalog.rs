@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use mpanel_domain::ids;
 use mpanel_domain::order::BillingInterval;
 use mpanel_domain::product::{AddPrice, CreateProduct, Product, ProductCommand, ProductError};
@@ -23,7 +23,7 @@ use super::openapi::{
     BadRequest, Conflict, Forbidden, InvalidParameter, NotFound, RateLimited, Unauthorized,
     Unavailable,
 };
-use super::paging::{Page, PageQuery, Paged};
+use super::paging::{filtered_page, Page, PageQuery, Paged};
 use super::problem::ApiError;
 use super::AppState;
 use crate::auth::{Caller, Role};
@@ -506,9 +506,9 @@ struct ProductRow {
     description: String,
     plan: Vec<String>,
     archived: bool,
-    #[allow(dead_code)]
-    created_at: DateTime<Utc>,
 }
+
+const PRODUCT_COLUMNS: &str = "id, tenant_id, name, description, plan, archived";
 
 async fn with_prices(
     state: &AppState,
@@ -575,25 +575,21 @@ pub async fn list(
         Some(_) => return Err(ApiError::field("active", "must be true or false")),
     };
     let filter = "($1::uuid IS NULL OR tenant_id = $1) AND ($2::boolean IS NULL OR archived = $2)";
-    let total: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM products WHERE {filter}"))
-        .bind(caller.tenant_filter())
-        .bind(archived)
-        .fetch_one(&state.pool)
-        .await?;
-    let rows: Vec<ProductRow> = sqlx::query_as(&format!(
-        "SELECT id, tenant_id, name, description, plan, archived, created_at FROM products WHERE {filter} \
-         ORDER BY created_at, id LIMIT $3 OFFSET $4"
-    ))
-    .bind(caller.tenant_filter())
-    .bind(archived)
-    .bind(page.per_page)
-    .bind(page.offset())
-    .fetch_all(&state.pool)
+    let rows: Paged<ProductRow> = filtered_page(
+        &state.pool,
+        &format!("SELECT count(*) FROM products WHERE {filter}"),
+        &format!(
+            "SELECT {PRODUCT_COLUMNS} FROM products WHERE {filter} \
+             ORDER BY created_at, id LIMIT $3 OFFSET $4"
+        ),
+        (caller.tenant_filter(), archived),
+        page,
+    )
     .await?;
     Ok(Json(Paged::new(
-        with_prices(&state, rows).await?,
+        with_prices(&state, rows.items).await?,
         page,
-        total,
+        rows.total,
     )))
 }
 
@@ -621,9 +617,9 @@ pub async fn get(
 ) -> Result<Json<ProductView>, ApiError> {
     caller.require(CATALOG_READ)?;
     let id = parse_uuid("id", &id)?;
-    let row: ProductRow = sqlx::query_as(
-        "SELECT id, tenant_id, name, description, plan, archived, created_at FROM products WHERE id = $1",
-    )
+    let row: ProductRow = sqlx::query_as(&format!(
+        "SELECT {PRODUCT_COLUMNS} FROM products WHERE id = $1"
+    ))
     .bind(id)
     .fetch_optional(&state.pool)
     .await?

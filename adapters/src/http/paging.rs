@@ -1,7 +1,9 @@
 //! Pagination of list endpoints: `?page=1&perPage=50` (at most 200 per page).
 
 use serde::{Deserialize, Serialize};
+use sqlx::{PgPool, Postgres};
 use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
 
 use super::problem::ApiError;
 
@@ -89,6 +91,35 @@ impl<T> Paged<T> {
             total,
         }
     }
+}
+
+/// One page of a list filtered by tenant and one more value: `count` and `select` bind `$1`
+/// the tenant (`None`: every tenant) and `$2` the other filter (`None`: no filter); `select`
+/// also binds `$3` LIMIT and `$4` OFFSET.
+pub(super) async fn filtered_page<T, F>(
+    pool: &PgPool,
+    count: &str,
+    select: &str,
+    (tenant, filter): (Option<Uuid>, Option<F>),
+    page: Page,
+) -> Result<Paged<T>, ApiError>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+    F: for<'q> sqlx::Encode<'q, Postgres> + sqlx::Type<Postgres> + Copy + Send,
+{
+    let total: i64 = sqlx::query_scalar(count)
+        .bind(tenant)
+        .bind(filter)
+        .fetch_one(pool)
+        .await?;
+    let items: Vec<T> = sqlx::query_as(select)
+        .bind(tenant)
+        .bind(filter)
+        .bind(page.per_page)
+        .bind(page.offset())
+        .fetch_all(pool)
+        .await?;
+    Ok(Paged::new(items, page, total))
 }
 
 #[cfg(test)]

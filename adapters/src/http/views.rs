@@ -24,7 +24,7 @@ use super::json::parse_uuid;
 use super::openapi::{
     Conflict, Forbidden, InvalidParameter, NotFound, RateLimited, Unauthorized, Unavailable,
 };
-use super::paging::{Page, PageQuery, Paged};
+use super::paging::{filtered_page, Page, PageQuery, Paged};
 use super::problem::ApiError;
 use super::AppState;
 use crate::auth::{Caller, Role};
@@ -106,7 +106,7 @@ pub async fn list_orders(
     caller.require(ORDER_READ)?;
     let page = Page::try_from(&query)?;
     let customer = own_customer(&state.pool, &caller).await?;
-    scoped_page(
+    filtered_page(
         &state.pool,
         &format!("SELECT count(*) FROM orders WHERE {CUSTOMER_SCOPE}"),
         &format!("SELECT {ORDER_COLUMNS} FROM orders WHERE {CUSTOMER_SCOPE} ORDER BY placed_at DESC, id LIMIT $3 OFFSET $4"),
@@ -114,6 +114,7 @@ pub async fn list_orders(
         page,
     )
     .await
+    .map(Json)
 }
 
 /// Rows of the caller's tenant (`$1`, NULL for a super admin) and, for a customer, their own
@@ -123,33 +124,6 @@ const CUSTOMER_SCOPE: &str =
 
 /// Rows of the caller's tenant (`$1`, NULL for a super admin); `$2` is always NULL here.
 const TENANT_SCOPE: &str = "($1::uuid IS NULL OR tenant_id = $1) AND $2::uuid IS NULL";
-
-/// One page of a scoped list: `count` and `select` bind `$1` tenant and `$2` customer filter
-/// (see [`CUSTOMER_SCOPE`], [`TENANT_SCOPE`]); `select` also binds `$3` LIMIT and `$4` OFFSET.
-async fn scoped_page<T>(
-    pool: &PgPool,
-    count: &str,
-    select: &str,
-    (tenant, customer): (Option<Uuid>, Option<Uuid>),
-    page: Page,
-) -> Result<Json<Paged<T>>, ApiError>
-where
-    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
-{
-    let total: i64 = sqlx::query_scalar(count)
-        .bind(tenant)
-        .bind(customer)
-        .fetch_one(pool)
-        .await?;
-    let items: Vec<T> = sqlx::query_as(select)
-        .bind(tenant)
-        .bind(customer)
-        .bind(page.per_page)
-        .bind(page.offset())
-        .fetch_all(pool)
-        .await?;
-    Ok(Json(Paged::new(items, page, total)))
-}
 
 /// A subscription with its step progress.
 #[derive(Debug, Serialize, sqlx::FromRow, ToSchema)]
@@ -441,7 +415,7 @@ pub async fn list_subscriptions(
     caller.require(ORDER_READ)?;
     let page = Page::try_from(&query)?;
     let customer = own_customer(&state.pool, &caller).await?;
-    scoped_page(
+    filtered_page(
         &state.pool,
         &format!("SELECT count(*) FROM subscriptions WHERE {CUSTOMER_SCOPE}"),
         &format!("SELECT {SUBSCRIPTION_COLUMNS} FROM subscriptions WHERE {CUSTOMER_SCOPE} ORDER BY opened_at DESC, id LIMIT $3 OFFSET $4"),
@@ -449,6 +423,7 @@ pub async fn list_subscriptions(
         page,
     )
     .await
+    .map(Json)
 }
 
 /// `GET /api/subscriptions/{id}`.
@@ -534,14 +509,15 @@ pub async fn list_jobs(
 ) -> Result<Json<Paged<JobRow>>, ApiError> {
     caller.require(STAFF_READ)?;
     let page = Page::try_from(&query)?;
-    scoped_page(
+    filtered_page(
         &state.pool,
         &format!("SELECT count(*) FROM jobs WHERE {TENANT_SCOPE}"),
         &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE {TENANT_SCOPE} ORDER BY scheduled_at DESC, id LIMIT $3 OFFSET $4"),
-        (caller.tenant_filter(), None),
+        (caller.tenant_filter(), None::<Uuid>),
         page,
     )
     .await
+    .map(Json)
 }
 
 async fn visible_job(state: &AppState, caller: &Caller, id: Uuid) -> Result<JobRow, ApiError> {
@@ -683,17 +659,18 @@ pub async fn list_customers(
 ) -> Result<Json<Paged<CustomerRow>>, ApiError> {
     caller.require(STAFF_READ)?;
     let page = Page::try_from(&query)?;
-    scoped_page(
+    filtered_page(
         &state.pool,
         &format!("SELECT count(*) FROM customers WHERE {TENANT_SCOPE}"),
         &format!(
             "SELECT id, tenant_id, email, first_order_id, orders_count, created_at FROM customers \
              WHERE {TENANT_SCOPE} ORDER BY created_at DESC, id LIMIT $3 OFFSET $4"
         ),
-        (caller.tenant_filter(), None),
+        (caller.tenant_filter(), None::<Uuid>),
         page,
     )
     .await
+    .map(Json)
 }
 
 /// `GET /api/customers/{id}`.
@@ -775,17 +752,18 @@ pub async fn list_domains(
 ) -> Result<Json<Paged<DomainRow>>, ApiError> {
     caller.require(STAFF_READ)?;
     let page = Page::try_from(&query)?;
-    scoped_page(
+    filtered_page(
         &state.pool,
         &format!("SELECT count(*) FROM domains WHERE {TENANT_SCOPE}"),
         &format!(
             "{DOMAIN_SELECT} WHERE ($1::uuid IS NULL OR d.tenant_id = $1) AND $2::uuid IS NULL \
              ORDER BY d.domain LIMIT $3 OFFSET $4"
         ),
-        (caller.tenant_filter(), None),
+        (caller.tenant_filter(), None::<Uuid>),
         page,
     )
     .await
+    .map(Json)
 }
 
 /// What `GET /api/domains/{domain}` answers (documentation only: the handler adds `records` to
