@@ -636,6 +636,8 @@ pub struct CustomerRow {
     created_at: DateTime<Utc>,
 }
 
+const CUSTOMER_COLUMNS: &str = "id, tenant_id, email, first_order_id, orders_count, created_at";
+
 /// `GET /api/customers`.
 #[utoipa::path(
     get,
@@ -663,7 +665,7 @@ pub async fn list_customers(
         &state.pool,
         &format!("SELECT count(*) FROM customers WHERE {TENANT_SCOPE}"),
         &format!(
-            "SELECT id, tenant_id, email, first_order_id, orders_count, created_at FROM customers \
+            "SELECT {CUSTOMER_COLUMNS} FROM customers \
              WHERE {TENANT_SCOPE} ORDER BY created_at DESC, id LIMIT $3 OFFSET $4"
         ),
         (caller.tenant_filter(), None::<Uuid>),
@@ -696,9 +698,9 @@ pub async fn get_customer(
     Path(id): Path<String>,
 ) -> Result<Json<CustomerRow>, ApiError> {
     caller.require(STAFF_READ)?;
-    let row: CustomerRow = sqlx::query_as(
-        "SELECT id, tenant_id, email, first_order_id, orders_count, created_at FROM customers WHERE id = $1",
-    )
+    let row: CustomerRow = sqlx::query_as(&format!(
+        "SELECT {CUSTOMER_COLUMNS} FROM customers WHERE id = $1"
+    ))
     .bind(parse_uuid("id", &id)?)
     .fetch_optional(&state.pool)
     .await?
