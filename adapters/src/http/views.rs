@@ -558,10 +558,9 @@ pub async fn get_job(
     ))
 }
 
-/// What `POST /api/jobs/{id}/retry` answers (documentation only: the handler builds it as JSON).
-#[derive(ToSchema)]
+/// What `POST /api/jobs/{id}/retry` answers.
+#[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
 struct RetryAccepted {
     job_id: Uuid,
     /// The new attempt series.
@@ -616,11 +615,11 @@ pub async fn retry_job(
             BusError::Rejected(JobError::NotScheduled) => ApiError::NotFound("no such job"),
             other => ApiError::Unavailable(other.to_string()),
         })?;
-    let body = serde_json::json!({
-        "jobId": job.id,
-        "series": executed.state.series(),
-        "status": "SCHEDULED",
-    });
+    let body = RetryAccepted {
+        job_id: job.id,
+        series: executed.state.series(),
+        status: "SCHEDULED".into(),
+    };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
