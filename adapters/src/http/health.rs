@@ -63,21 +63,22 @@ struct Check {
     detail: Option<String>,
 }
 
-/// `SELECT 1`, bounded to 2 s like the Redis check: a load balancer's probe must get its 503
-/// quickly while Postgres is down, not after the pool's 10 s acquire timeout.
-async fn check_postgres(state: &AppState) -> Check {
+/// Runs a reachability probe, bounded to 2 s: a load balancer's probe must get its 503 quickly
+/// while a dependency is down (for Postgres, not after the pool's 10 s acquire timeout).
+async fn probe<T, E>(work: impl std::future::Future<Output = Result<T, E>>) -> Check {
     let start = Instant::now();
-    let result = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&state.pool),
-    )
-    .await;
+    let result = tokio::time::timeout(std::time::Duration::from_secs(2), work).await;
     let ok = matches!(result, Ok(Ok(_)));
     Check {
         ok,
         latency_ms: start.elapsed().as_secs_f64() * 1000.0,
         detail: (!ok).then(|| "unreachable".to_owned()),
     }
+}
+
+/// `SELECT 1`.
+async fn check_postgres(state: &AppState) -> Check {
+    probe(sqlx::query("SELECT 1").execute(&state.pool)).await
 }
 
 async fn check_migrations(state: &AppState) -> Check {
@@ -110,16 +111,10 @@ async fn check_migrations(state: &AppState) -> Check {
     }
 }
 
+/// `PING`, when the process has a queue.
 async fn check_redis(state: &AppState) -> Option<Check> {
     let queue = state.queue.as_ref()?;
-    let start = Instant::now();
-    let result = tokio::time::timeout(std::time::Duration::from_secs(2), queue.ping()).await;
-    let ok = matches!(result, Ok(Ok(())));
-    Some(Check {
-        ok,
-        latency_ms: start.elapsed().as_secs_f64() * 1000.0,
-        detail: (!ok).then(|| "unreachable".to_owned()),
-    })
+    Some(probe(queue.ping()).await)
 }
 
 /// Each subscriber's lag, and the ones beyond the readiness threshold.
