@@ -109,11 +109,12 @@ pub async fn demo(
         .await
         .map_err(|e| failed("price")(e.to_string()))?;
 
-    let password = admin_password.expose_secret().to_owned();
-    let hash = tokio::task::spawn_blocking(move || crate::passwords::hash(&password))
-        .await
-        .map_err(|e| failed("admin password")(e.to_string()))?
-        .map_err(|e| failed("admin password")(e.to_string()))?;
+    let password = admin_password.clone();
+    let hash =
+        crate::auth::users::blocking(move || crate::passwords::hash(password.expose_secret()))
+            .await
+            .map_err(|e| failed("admin password")(e.to_string()))?
+            .map_err(|e| failed("admin password")(e.to_string()))?;
     sqlx::query(
         "INSERT INTO users (id, tenant_id, email, role, password_hash) VALUES ($1, $2, $3, 'admin', $4) \
          ON CONFLICT (email) DO NOTHING",
