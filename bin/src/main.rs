@@ -312,14 +312,7 @@ async fn events(what: EventsWhat) -> Result<()> {
                     } else {
                         ExportScope::Full
                     };
-                    tokio::task::spawn_blocking(move || -> Result<_> {
-                        let reader = std::io::BufReader::new(
-                            std::fs::File::open(&path)
-                                .with_context(|| format!("opening {}", path.display()))?,
-                        );
-                        Ok(audit::verify_export(reader, scope)?)
-                    })
-                    .await??
+                    verify_file(path, scope).await?
                 }
                 None => audit::verify_database(&pool().await?)
                     .await
@@ -349,15 +342,7 @@ async fn events(what: EventsWhat) -> Result<()> {
             eprintln!("{}", serde_json::to_string(&summary)?);
         }
         EventsWhat::Replay { file } => {
-            let check = file.clone();
-            let verified = tokio::task::spawn_blocking(move || -> Result<_> {
-                let reader = std::io::BufReader::new(
-                    std::fs::File::open(&check)
-                        .with_context(|| format!("opening {}", check.display()))?,
-                );
-                Ok(audit::verify_export(reader, ExportScope::Full)?)
-            })
-            .await??;
+            let verified = verify_file(file.clone(), ExportScope::Full).await?;
             anyhow::ensure!(
                 verified.is_ok(),
                 "the export does not verify: {}",
@@ -391,6 +376,20 @@ async fn events(what: EventsWhat) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Verifies an export file's chain (or sub-chain) off the runtime: it reads the whole file.
+async fn verify_file(
+    path: std::path::PathBuf,
+    scope: mpanel_projections::audit::ExportScope,
+) -> Result<mpanel_projections::audit::VerifyReport> {
+    tokio::task::spawn_blocking(move || -> Result<_> {
+        let reader = std::io::BufReader::new(
+            std::fs::File::open(&path).with_context(|| format!("opening {}", path.display()))?,
+        );
+        Ok(mpanel_projections::audit::verify_export(reader, scope)?)
+    })
+    .await?
 }
 
 /// Reads a password from standard input: one line, without its newline. On a terminal it asks
