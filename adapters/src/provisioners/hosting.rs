@@ -20,7 +20,9 @@ use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::values::DomainName;
 use sha2::{Digest, Sha256};
 
-use super::ssh::{check_remote_dir, check_server_name, Output, ProvisionerConfigError, SshTarget};
+use super::ssh::{
+    check_remote_dir, check_server_name, ProvisionerConfigError, ScriptContract, SshTarget,
+};
 use super::{ProvisionError, ProvisionRequest, Provisioner};
 use crate::config::{Env, Lookup};
 
@@ -33,6 +35,15 @@ pub const SCRIPT_VERSION: u32 = 2;
 
 /// The script's "invalid arguments" exit status (sysexits `EX_USAGE`): retrying cannot help.
 const EXIT_USAGE: i32 = 64;
+
+/// How a run of [`SCRIPT`] is judged. Permanent: 64, arguments refused; 126/127, no usable `sh`
+/// on the server.
+const CONTRACT: ScriptContract = ScriptContract {
+    name: "hosting",
+    version_var: "MPANEL_HOSTING_SCRIPT_VERSION",
+    version: SCRIPT_VERSION,
+    permanent_exit_statuses: &[EXIT_USAGE, 126, 127],
+};
 
 /// How the hosting provisioner reaches and lays out the web server. Checked by
 /// [`SshHostingProvisioner::new`], since everything here ends up in a root shell.
@@ -251,11 +262,11 @@ impl SshHostingProvisioner {
     async fn ensure(&self, domain: &DomainName) -> Result<StepOutcome, ProvisionError> {
         let args = self.account_args("ensure", domain);
         let output = self.config.target.run_script(SCRIPT, &args, None).await?;
-        let line = checked_last_line(&output)?;
+        let line = CONTRACT.checked_last_line(&output)?;
         let web_root = self.web_root(domain);
         let vhost_path = self.vhost_path(domain);
         if line != format!("OK {web_root} {vhost_path}") {
-            return Err(unexpected_output());
+            return Err(CONTRACT.unexpected_output());
         }
         let user = SystemUser::for_domain(domain);
         tracing::info!(system_user = %user, web_root = %web_root, "hosting account converged");
@@ -276,14 +287,14 @@ impl SshHostingProvisioner {
             self.config.web_ipv4.to_string(),
         ];
         let output = self.config.target.run_script(SCRIPT, &args, None).await?;
-        let line = checked_last_line(&output)?;
+        let line = CONTRACT.checked_last_line(&output)?;
         let expected = format!(
             "SUSPENDED {} {}",
             self.suspended_dir(domain),
             self.vhost_path(domain)
         );
         if line != expected {
-            return Err(unexpected_output());
+            return Err(CONTRACT.unexpected_output());
         }
         tracing::info!("hosting account suspended");
         Ok(self.changed(JobAction::Suspend, domain, None))
@@ -293,14 +304,14 @@ impl SshHostingProvisioner {
     async fn unsuspend(&self, domain: &DomainName) -> Result<StepOutcome, ProvisionError> {
         let args = self.account_args("unsuspend", domain);
         let output = self.config.target.run_script(SCRIPT, &args, None).await?;
-        let line = checked_last_line(&output)?;
+        let line = CONTRACT.checked_last_line(&output)?;
         let expected = format!(
             "UNSUSPENDED {} {}",
             self.web_root(domain),
             self.vhost_path(domain)
         );
         if line != expected {
-            return Err(unexpected_output());
+            return Err(CONTRACT.unexpected_output());
         }
         tracing::info!("hosting account unsuspended");
         Ok(self.changed(JobAction::Unsuspend, domain, None))
@@ -350,7 +361,7 @@ impl SshHostingProvisioner {
             archive_dir.clone(),
         ];
         let output = self.config.target.run_script(SCRIPT, &args, None).await?;
-        let line = checked_last_line(&output)?;
+        let line = CONTRACT.checked_last_line(&output)?;
         match line.strip_prefix("REMOVED ") {
             Some("-") => {
                 tracing::info!("hosting account already removed");
@@ -360,7 +371,7 @@ impl SshHostingProvisioner {
                 tracing::info!(archived = %path, "hosting account removed");
                 Ok(Some(path.to_owned()))
             }
-            _ => Err(unexpected_output()),
+            _ => Err(CONTRACT.unexpected_output()),
         }
     }
 }
@@ -388,56 +399,12 @@ impl Provisioner for SshHostingProvisioner {
     }
 }
 
-fn unexpected_output() -> ProvisionError {
-    ProvisionError::Permanent(format!(
-        "the hosting script's output is not what version {SCRIPT_VERSION} prints"
-    ))
-}
-
-/// Turns the script's exit status into an error, checks that the output is from this script's
-/// version, and returns its last line.
-fn checked_last_line(output: &Output) -> Result<&str, ProvisionError> {
-    if !output.success() {
-        let message = format!(
-            "hosting script exited with status {}: {}",
-            output.status,
-            stderr_summary(&output.stderr)
-        );
-        // 64: arguments refused; 126/127: no usable `sh` on the server.
-        return Err(if matches!(output.status, EXIT_USAGE | 126 | 127) {
-            ProvisionError::Permanent(message)
-        } else {
-            ProvisionError::Transient(message)
-        });
-    }
-    let version_line = format!("MPANEL_HOSTING_SCRIPT_VERSION={SCRIPT_VERSION}");
-    let mut lines = output
-        .stdout
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty());
-    if lines.next() != Some(version_line.as_str()) {
-        return Err(unexpected_output());
-    }
-    lines.next_back().ok_or_else(unexpected_output)
-}
-
-/// The last line of the script's stderr, printable and short, for the job's failure message.
-fn stderr_summary(stderr: &str) -> String {
-    let last = stderr
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .unwrap_or("(no error output)");
-    let printable: String = last.chars().filter(|c| !c.is_control()).take(300).collect();
-    printable
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::provisioners::ssh::Output;
 
     fn domain(name: &str) -> DomainName {
         DomainName::parse(name).expect("valid domain")
@@ -521,13 +488,13 @@ mod tests {
     fn exit_statuses_map_to_the_retry_policy() {
         let usage = output(64, "", "mpanel-hosting: bad\n");
         assert_eq!(
-            checked_last_line(&usage),
+            CONTRACT.checked_last_line(&usage),
             Err(ProvisionError::Permanent(
                 "hosting script exited with status 64: mpanel-hosting: bad".into()
             ))
         );
         assert!(matches!(
-            checked_last_line(&output(1, "", "mkdir: No space left\n")),
+            CONTRACT.checked_last_line(&output(1, "", "mkdir: No space left\n")),
             Err(ProvisionError::Transient(_))
         ));
     }
@@ -535,14 +502,14 @@ mod tests {
     #[test]
     fn output_must_come_from_this_script_version() {
         let good = output(0, "MPANEL_HOSTING_SCRIPT_VERSION=2\nOK /a /b\n", "");
-        assert_eq!(checked_last_line(&good), Ok("OK /a /b"));
+        assert_eq!(CONTRACT.checked_last_line(&good), Ok("OK /a /b"));
         for stdout in [
             "OK /a /b\n",
             "MPANEL_HOSTING_SCRIPT_VERSION=1\nOK /a /b\n",
             "",
         ] {
             assert!(
-                checked_last_line(&output(0, stdout, "")).is_err(),
+                CONTRACT.checked_last_line(&output(0, stdout, "")).is_err(),
                 "{stdout:?}"
             );
         }

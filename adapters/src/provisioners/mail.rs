@@ -36,7 +36,9 @@ use rand::rngs::OsRng;
 use rand::Rng;
 use secrecy::{ExposeSecret, SecretString};
 
-use super::ssh::{check_remote_dir, check_server_name, Output, ProvisionerConfigError, SshTarget};
+use super::ssh::{
+    check_remote_dir, check_server_name, ProvisionerConfigError, ScriptContract, SshTarget,
+};
 use super::{ProvisionError, ProvisionRequest, Provisioner};
 use crate::config::{Env, Lookup};
 
@@ -63,6 +65,14 @@ pub const MAX_PASSWORD_BYTES: usize = 128;
 /// set up as configured (78), and no usable `sh` (126/127). Everything else (75: the
 /// passwd-file lock was busy; 1: a command failed) may pass.
 const PERMANENT_EXIT_STATUSES: [i32; 7] = [64, 65, 67, 69, 78, 126, 127];
+
+/// How a run of [`SCRIPT`] is judged.
+const CONTRACT: ScriptContract = ScriptContract {
+    name: "mail",
+    version_var: "MPANEL_MAIL_SCRIPT_VERSION",
+    version: SCRIPT_VERSION,
+    permanent_exit_statuses: &PERMANENT_EXIT_STATUSES,
+};
 
 /// How the mail provisioner reaches and lays out the Dovecot host. Checked by
 /// [`SshMailProvisioner::new`], since everything here ends up in a root shell.
@@ -313,11 +323,11 @@ impl SshMailProvisioner {
             .target
             .run_script(SCRIPT, &args, Some(password_line(&initial)))
             .await?;
-        let line = checked_last_line(&output)?;
+        let line = CONTRACT.checked_last_line(&output)?;
         let address = Self::address(domain, localpart);
         let maildir = self.maildir(domain, localpart);
         if line != format!("OK {address} {maildir}") {
-            return Err(unexpected_output());
+            return Err(CONTRACT.unexpected_output());
         }
         Ok((address, maildir))
     }
@@ -345,10 +355,10 @@ impl SshMailProvisioner {
             localpart.to_string(),
         ];
         let output = self.config.target.run_script(SCRIPT, &args, None).await?;
-        let line = checked_last_line(&output)?;
+        let line = CONTRACT.checked_last_line(&output)?;
         let address = Self::address(domain, localpart);
         if line != format!("{done} {address}") {
-            return Err(unexpected_output());
+            return Err(CONTRACT.unexpected_output());
         }
         tracing::info!(mail_address = %address, "mailbox {verb}ed");
         Ok(StepOutcome::Changed {
@@ -390,9 +400,9 @@ impl SshMailProvisioner {
             .target
             .run_script(SCRIPT, &args, Some(password_line(password)))
             .await?;
-        let line = checked_last_line(&output)?;
+        let line = CONTRACT.checked_last_line(&output)?;
         if line != format!("PASSWORD_SET {}", Self::address(domain, localpart)) {
-            return Err(unexpected_output());
+            return Err(CONTRACT.unexpected_output());
         }
         tracing::info!("mailbox password set");
         Ok(())
@@ -421,12 +431,12 @@ impl SshMailProvisioner {
             localpart.to_string(),
         ];
         let output = self.config.target.run_script(SCRIPT, &args, None).await?;
-        let line = checked_last_line(&output)?;
+        let line = CONTRACT.checked_last_line(&output)?;
         let prefix = format!("STATUS {} ", Self::address(domain, localpart));
         let flag = |f: &str| match f {
             "0" => Ok(false),
             "1" => Ok(true),
-            _ => Err(unexpected_output()),
+            _ => Err(CONTRACT.unexpected_output()),
         };
         match line.strip_prefix(&prefix).map(str::split_whitespace) {
             Some(mut flags) => {
@@ -435,11 +445,11 @@ impl SshMailProvisioner {
                     maildir: flag(flags.next().unwrap_or_default())?,
                 };
                 if flags.next().is_some() {
-                    return Err(unexpected_output());
+                    return Err(CONTRACT.unexpected_output());
                 }
                 Ok(status)
             }
-            None => Err(unexpected_output()),
+            None => Err(CONTRACT.unexpected_output()),
         }
     }
 
@@ -488,7 +498,7 @@ impl SshMailProvisioner {
             archive_dir.clone(),
         ];
         let output = self.config.target.run_script(SCRIPT, &args, None).await?;
-        let line = checked_last_line(&output)?;
+        let line = CONTRACT.checked_last_line(&output)?;
         let prefix = format!("REMOVED {} ", Self::address(domain, localpart));
         match line.strip_prefix(&prefix) {
             Some("-") => Ok(None),
@@ -496,7 +506,7 @@ impl SshMailProvisioner {
                 tracing::info!(archived = %path, "mailbox removed");
                 Ok(Some(path.to_owned()))
             }
-            _ => Err(unexpected_output()),
+            _ => Err(CONTRACT.unexpected_output()),
         }
     }
 }
@@ -575,55 +585,12 @@ fn check_password(password: &SecretString) -> Result<(), ProvisionError> {
     }
 }
 
-fn unexpected_output() -> ProvisionError {
-    ProvisionError::Permanent(format!(
-        "the mail script's output is not what version {SCRIPT_VERSION} prints"
-    ))
-}
-
-/// Turns the script's exit status into an error, checks that the output is from this script's
-/// version, and returns its last line.
-fn checked_last_line(output: &Output) -> Result<&str, ProvisionError> {
-    if !output.success() {
-        let message = format!(
-            "mail script exited with status {}: {}",
-            output.status,
-            stderr_summary(&output.stderr)
-        );
-        return Err(if PERMANENT_EXIT_STATUSES.contains(&output.status) {
-            ProvisionError::Permanent(message)
-        } else {
-            ProvisionError::Transient(message)
-        });
-    }
-    let version_line = format!("MPANEL_MAIL_SCRIPT_VERSION={SCRIPT_VERSION}");
-    let mut lines = output
-        .stdout
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty());
-    if lines.next() != Some(version_line.as_str()) {
-        return Err(unexpected_output());
-    }
-    lines.next_back().ok_or_else(unexpected_output)
-}
-
-/// The last line of the script's stderr, printable and short, for the job's failure message.
-/// (The script never prints a password, and the hashing tools' own output is not passed on.)
-fn stderr_summary(stderr: &str) -> String {
-    let last = stderr
-        .lines()
-        .map(str::trim)
-        .rfind(|l| !l.is_empty())
-        .unwrap_or("(no error output)");
-    last.chars().filter(|c| !c.is_control()).take(300).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
     use super::*;
+    use crate::provisioners::ssh::Output;
 
     fn output(status: i32, stdout: &str, stderr: &str) -> Output {
         Output {
@@ -736,18 +703,18 @@ mod tests {
     fn exit_statuses_map_to_the_retry_policy() {
         for status in PERMANENT_EXIT_STATUSES {
             assert!(matches!(
-                checked_last_line(&output(status, "", "mpanel-mail: no\n")),
+                CONTRACT.checked_last_line(&output(status, "", "mpanel-mail: no\n")),
                 Err(ProvisionError::Permanent(_))
             ));
         }
         assert_eq!(
-            checked_last_line(&output(75, "", "mpanel-mail: /p.lock is busy\n")),
+            CONTRACT.checked_last_line(&output(75, "", "mpanel-mail: /p.lock is busy\n")),
             Err(ProvisionError::Transient(
                 "mail script exited with status 75: mpanel-mail: /p.lock is busy".into()
             ))
         );
         assert!(matches!(
-            checked_last_line(&output(1, "", "")),
+            CONTRACT.checked_last_line(&output(1, "", "")),
             Err(ProvisionError::Transient(_))
         ));
     }
@@ -755,10 +722,10 @@ mod tests {
     #[test]
     fn output_must_come_from_this_script_version() {
         let good = output(0, "MPANEL_MAIL_SCRIPT_VERSION=3\nOK a b\n", "");
-        assert_eq!(checked_last_line(&good), Ok("OK a b"));
+        assert_eq!(CONTRACT.checked_last_line(&good), Ok("OK a b"));
         for stdout in ["OK a b\n", "MPANEL_MAIL_SCRIPT_VERSION=2\nOK a b\n", ""] {
             assert!(
-                checked_last_line(&output(0, stdout, "")).is_err(),
+                CONTRACT.checked_last_line(&output(0, stdout, "")).is_err(),
                 "{stdout:?}"
             );
         }

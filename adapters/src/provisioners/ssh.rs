@@ -493,6 +493,74 @@ fn run_blocking(
     })
 }
 
+/// How a provisioner judges a run of its script: which exit statuses mean retrying cannot help,
+/// and which version line the output must start with to be trusted at all.
+#[derive(Debug)]
+pub struct ScriptContract {
+    /// The script's name in failure messages (`hosting`, `mail`).
+    pub name: &'static str,
+    /// The variable the script's first output line sets (`MPANEL_HOSTING_SCRIPT_VERSION`).
+    pub version_var: &'static str,
+    /// The version the embedded script announces.
+    pub version: u32,
+    /// Exit statuses after which retrying cannot help; any other failure is transient.
+    pub permanent_exit_statuses: &'static [i32],
+}
+
+impl ScriptContract {
+    /// The error for output that this version of the script does not print.
+    #[must_use]
+    pub fn unexpected_output(&self) -> ProvisionError {
+        ProvisionError::Permanent(format!(
+            "the {} script's output is not what version {} prints",
+            self.name, self.version
+        ))
+    }
+
+    /// Turns the script's exit status into an error, checks that the output is from this
+    /// script's version, and returns its last line.
+    ///
+    /// # Errors
+    /// [`ProvisionError`] for a failed run (permanent for the listed statuses) and for output
+    /// that is not this version's ([`ScriptContract::unexpected_output`]).
+    pub fn checked_last_line<'a>(&self, output: &'a Output) -> Result<&'a str, ProvisionError> {
+        if !output.success() {
+            let message = format!(
+                "{} script exited with status {}: {}",
+                self.name,
+                output.status,
+                stderr_summary(&output.stderr)
+            );
+            return Err(if self.permanent_exit_statuses.contains(&output.status) {
+                ProvisionError::Permanent(message)
+            } else {
+                ProvisionError::Transient(message)
+            });
+        }
+        let version_line = format!("{}={}", self.version_var, self.version);
+        let mut lines = output
+            .stdout
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty());
+        if lines.next() != Some(version_line.as_str()) {
+            return Err(self.unexpected_output());
+        }
+        lines.next_back().ok_or_else(|| self.unexpected_output())
+    }
+}
+
+/// The last line of a script's stderr, printable and short, for the job's failure message.
+/// (The scripts never print a secret, and the hashing tools' own output is not passed on.)
+fn stderr_summary(stderr: &str) -> String {
+    let last = stderr
+        .lines()
+        .map(str::trim)
+        .rfind(|l| !l.is_empty())
+        .unwrap_or("(no error output)");
+    last.chars().filter(|c| !c.is_control()).take(300).collect()
+}
+
 /// Checks a server's display name (recorded in job outcomes and read models): 1–64 letters,
 /// digits, `.`, `_` or `-`, so it is safe in logs, JSON and file names alike.
 ///
