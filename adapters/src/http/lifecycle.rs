@@ -150,6 +150,12 @@ fn answer(id: Uuid, executed: &Executed<Subscription>) -> Response {
             .collect(),
         started,
     };
+    accepted_or_ok(started, body)
+}
+
+/// 202 when the request started something, 200 when there was nothing to do: a client that
+/// retries after a timeout converges instead of failing.
+fn accepted_or_ok(started: bool, body: impl Serialize) -> Response {
     let status = if started {
         StatusCode::ACCEPTED
     } else {
@@ -402,10 +408,5 @@ pub async fn cancel_order(
         subscription_id: ids::subscription_id(id),
         cancelled_now,
     };
-    let status = if cancelled_now {
-        StatusCode::ACCEPTED
-    } else {
-        StatusCode::OK
-    };
-    Ok((status, Json(body)).into_response())
+    Ok(accepted_or_ok(cancelled_now, body))
 }
