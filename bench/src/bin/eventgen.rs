@@ -61,6 +61,7 @@ fn rows_for(order_no: u64, price: Uuid, product: Uuid, tenant: &TenantSlug) -> R
     let tenant_id = ids::tenant_id(tenant);
     let tag = format!("{order_no:012}");
     let email = Email::parse(&format!("gen{tag}@example.com"))?;
+    let customer_id = ids::customer_id(tenant_id, &email);
     let domain = DomainName::parse(&format!("gen{tag}.bench.example"))?;
     let payment = PaymentReference::parse(&format!("pi_gen_{tag}"))?;
     let order_id = ids::order_id(tenant_id, &payment);
@@ -71,7 +72,7 @@ fn rows_for(order_no: u64, price: Uuid, product: Uuid, tenant: &TenantSlug) -> R
     let placed = OrderEvent::OrderPlaced(PlaceOrder {
         tenant_id,
         tenant_slug: tenant.clone(),
-        customer_id: ids::customer_id(tenant_id, &email),
+        customer_id,
         customer_email: email,
         price: PriceSnapshot {
             price_id: price,
@@ -110,10 +111,7 @@ fn rows_for(order_no: u64, price: Uuid, product: Uuid, tenant: &TenantSlug) -> R
         SubscriptionEvent::SubscriptionOpened {
             order_id,
             tenant_id,
-            customer_id: ids::customer_id(
-                tenant_id,
-                &Email::parse(&format!("gen{tag}@example.com"))?,
-            ),
+            customer_id,
             domain: Some(domain.clone()),
             required_steps: ProvisioningStep::ALL.to_vec(),
             opened_at: now,
