@@ -219,18 +219,21 @@ wait_all_active() { # every placed order's subscription ACTIVE (not just every p
   done
   warn "not every subscription became ACTIVE"
 }
+# activation_run RATE SECONDS LABEL — orders at RATE/s for SECONDS, then waits until every one is
+# ACTIVE; sets p50 and p99 (ms) and n (orders) from this run's events alone.
+activation_run() {
+  local mark
+  mark=$("${PSQL[@]}" -d "$DB" -c "SELECT coalesce(max(global_position), 0) FROM events")
+  "$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --rate "$1" --seconds "$2" --label "$3" >>"$OUT/loadgen.ndjson"
+  wait_all_active
+  read -r p50 p99 n < <(activation_percentiles "$mark")
+}
 wait_all_active
-mark=$("${PSQL[@]}" -d "$DB" -c "SELECT coalesce(max(global_position), 0) FROM events")
-"$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --rate "$RATE" --seconds "$RATE_SECS" --label activate_stub >>"$OUT/loadgen.ndjson"
-wait_all_active
-read -r p50 p99 n < <(activation_percentiles "$mark")
+activation_run "$RATE" "$RATE_SECS" activate_stub
 R[activate_p50_ms_stub]=$p50 R[activate_p99_ms_stub]=$p99
 log "activation (instant provisioners, $RATE/s, $n orders): p50 $p50 ms, p99 $p99 ms"
 # The same at a rate the pipeline sustains on this machine, to separate queueing from latency.
-mark=$("${PSQL[@]}" -d "$DB" -c "SELECT coalesce(max(global_position), 0) FROM events")
-"$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --rate "$LOW_RATE" --seconds "$RATE_SECS" --label activate_stub_low >>"$OUT/loadgen.ndjson"
-wait_all_active
-read -r p50 p99 n < <(activation_percentiles "$mark")
+activation_run "$LOW_RATE" "$RATE_SECS" activate_stub_low
 R[activate_p50_ms_stub_low_rate]=$p50 R[activate_p99_ms_stub_low_rate]=$p99 R[activate_low_rate]=$LOW_RATE
 log "activation (instant provisioners, $LOW_RATE/s, $n orders): p50 $p50 ms, p99 $p99 ms"
 stop "$serve_pid"
@@ -239,10 +242,7 @@ stop "$serve_pid"
 start serve "$BENCH_PORT"
 serve_pid=$LAST_PID
 wait_ready "$BENCH_PORT"
-mark=$("${PSQL[@]}" -d "$DB" -c "SELECT coalesce(max(global_position), 0) FROM events")
-"$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --rate "$REAL_RATE" --seconds "$REAL_SECS" --label activate_real >>"$OUT/loadgen.ndjson"
-wait_all_active
-read -r p50 p99 n < <(activation_percentiles "$mark")
+activation_run "$REAL_RATE" "$REAL_SECS" activate_real
 R[activate_p50_ms_real]=$p50 R[activate_p99_ms_real]=$p99
 log "activation (real PowerDNS/sshd/Dovecot, $REAL_RATE/s, $n orders): p50 $p50 ms, p99 $p99 ms"
 # Remove the benchmark's zones again (hosting dirs and mailboxes stay in the stack's data dir).
