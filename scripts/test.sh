@@ -32,8 +32,9 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 export RELIABILITY_DIR="${RELIABILITY_DIR:-$REPO_ROOT/target/reliability}"
 rm -rf "$RELIABILITY_DIR"
 
-# Black-box tests create one database per app (mpanel_bb_*); drop what earlier runs left.
-pg_psql -At -c "SELECT datname FROM pg_database WHERE datname LIKE 'mpanel\_bb\_%'" |
+# Black-box, cluster and trace tests create a database each (mpanel_bb_*, mpanel_cl_*,
+# mpanel_trace_*); drop what earlier runs left.
+pg_psql -At -c "SELECT datname FROM pg_database WHERE datname ~ '^mpanel_(bb|cl|trace)_'" |
   while read -r db; do
     pg_psql -c "DROP DATABASE IF EXISTS \"$db\"" || true
   done

@@ -303,6 +303,64 @@ pub fn verify_log(app: &TestApp) {
     assert_eq!(report["status"], "ok", "events verify: {out}");
 }
 
+/// Asserts that `mpanel projections rebuild all`, run beside the live app, reproduces the read
+/// models the live projectors built: the rebuild applies the log in large set-based batches,
+/// the live runners applied it as it came, a few events at a time, so this checks that the
+/// projectors' batch folding agrees with applying events one by one (docs/benchmarks.md,
+/// "Rebuild"). Waits until every projector has caught up with a quiet log first; a log that
+/// moves during the check (a late job) makes it try again.
+///
+/// # Panics
+/// When the rebuilt read models differ, or the log never goes quiet.
+pub async fn assert_rebuild_reproduces_live(app: &TestApp) {
+    let projectors: Vec<&str> = mpanel_projections::projectors::all()
+        .iter()
+        .map(mpanel_projections::Subscriber::name)
+        .collect();
+    for _ in 0..5 {
+        let head = caught_up(app, &projectors).await;
+        let live = mpanel_projections::audit::read_model_checksums(&app.pool)
+            .await
+            .expect("checksums");
+        let report = app.cli(&["projections", "rebuild", "all"]);
+        assert!(!report.trim().is_empty(), "rebuild reported nothing");
+        let rebuilt = mpanel_projections::audit::read_model_checksums(&app.pool)
+            .await
+            .expect("checksums");
+        if caught_up(app, &projectors).await != head {
+            continue;
+        }
+        assert_eq!(rebuilt, live, "a rebuild differs from the live read models");
+        return;
+    }
+    panic!("the log kept moving during the rebuild check");
+}
+
+/// Waits until every projector's checkpoint is at the head of the log; returns the head.
+async fn caught_up(app: &TestApp, projectors: &[&str]) -> (i64, i64) {
+    app.eventually(30, "every projector to reach the head", || async {
+        let head: (i64, i64) = sqlx::query_as(
+            "SELECT tx_id::text::bigint, global_position FROM events \
+             ORDER BY tx_id DESC, global_position DESC LIMIT 1",
+        )
+        .fetch_one(&app.pool)
+        .await
+        .ok()?;
+        let behind: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM checkpoints WHERE subscriber = ANY($1) \
+               AND (tx_id::text::bigint, position) <> ($2, $3)",
+        )
+        .bind(projectors)
+        .bind(head.0)
+        .bind(head.1)
+        .fetch_one(&app.pool)
+        .await
+        .ok()?;
+        (behind == 0).then_some(head)
+    })
+    .await
+}
+
 /// Waits until the audit sealer has sealed every event in the log (and the log stopped
 /// growing), so a count or `events verify` sees a quiescent log.
 ///

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use mpanel_adapters::provisioners::mail::{LocalPart, MailConfig, SshMailProvisioner};
 use mpanel_domain::values::DomainName;
-use mpanel_tests::faults::verify_log;
+use mpanel_tests::faults::{assert_rebuild_reproduces_live, verify_log};
 use mpanel_tests::servers::{delete_zone, env, imap_login, powerdns_proxy, zone, SshProxy};
 use mpanel_tests::{unique_domain, TestApp};
 use reqwest::{Method, StatusCode};
@@ -384,6 +384,7 @@ async fn suspend_unsuspend_and_terminate_converge_on_the_real_servers() {
     assert_eq!(live["statusReason"], "contract ended");
 
     verify_log(&app);
+    assert_rebuild_reproduces_live(&app).await;
 }
 
 #[tokio::test]
@@ -420,6 +421,7 @@ async fn reprovision_repairs_drift_and_repeating_it_converges() {
         .filter(|e| *e == "SubscriptionReprovisioned")
         .count();
     assert_eq!(reprovisioned, 2);
+    assert_rebuild_reproduces_live(&app).await;
     delete_zone(&domain).await;
 }
 
@@ -523,6 +525,7 @@ async fn an_order_cancelled_while_provisioning_runs_leaves_nothing_behind() {
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
     verify_log(&app);
+    assert_rebuild_reproduces_live(&app).await;
     proxy.down().await;
 }
 
@@ -605,5 +608,6 @@ async fn a_suspension_whose_server_is_down_fails_visibly_and_a_repeat_completes_
         .then_some(())
     })
     .await;
+    assert_rebuild_reproduces_live(&app).await;
     proxy.down().await;
 }

@@ -1,14 +1,48 @@
 //! Jobs read model: status, attempts, last error and next run.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use mpanel_domain::job::{JobEvent, JobStatus};
+use serde_json::Value;
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use super::aggregate_uuid;
+use super::batch::{blame, blame_first, int, Rows};
+use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
 /// Builds `jobs`.
 pub struct JobsProjector;
+
+/// A `jobs` row, as the fold sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct JobRow {
+    id: Uuid,
+    subscription_id: Uuid,
+    order_id: Uuid,
+    tenant_id: Uuid,
+    step: String,
+    domain: Option<String>,
+    status: String,
+    series: i32,
+    attempts: i32,
+    max_attempts: i32,
+    due_at: Option<DateTime<Utc>>,
+    lease_expires_at: Option<DateTime<Utc>>,
+    worker: Option<String>,
+    last_error: Option<String>,
+    outcome: Option<Value>,
+    scheduled_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    action: String,
+    generation: i32,
+    cancelled: bool,
+}
+
+const COLUMNS: &str = "id, subscription_id, order_id, tenant_id, step, domain, status, series, attempts, \
+     max_attempts, due_at, lease_expires_at, worker, last_error, outcome, scheduled_at, updated_at, \
+     action, generation, cancelled";
 
 #[async_trait]
 impl Projector for JobsProjector {
@@ -21,116 +55,226 @@ impl Projector for JobsProjector {
     }
 
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
-        if event.aggregate_type != "Job" {
+        self.apply_batch(tx, std::slice::from_ref(event))
+            .await
+            .map_err(|f| f.error)
+    }
+
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[FeedEvent],
+    ) -> Result<(), BatchFailure> {
+        let mut decoded = Vec::new();
+        for event in events.iter().filter(|e| e.aggregate_type == "Job") {
+            let id = aggregate_uuid(event).map_err(blame(event))?;
+            decoded.push((
+                id,
+                event.recorded_at,
+                event.decode::<JobEvent>().map_err(blame(event))?,
+            ));
+        }
+        if decoded.is_empty() {
             return Ok(());
         }
-        let id = aggregate_uuid(event)?;
-        let at = event.recorded_at;
-        match event.decode::<JobEvent>()? {
-            JobEvent::JobScheduled(s) => {
-                sqlx::query(
-                    "INSERT INTO jobs (id, subscription_id, order_id, tenant_id, step, domain, status, max_attempts, due_at, scheduled_at, updated_at, action, generation) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(id)
-                .bind(s.subscription_id)
-                .bind(s.order_id)
-                .bind(s.tenant_id)
-                .bind(s.step.as_str())
-                .bind(s.domain.map(String::from))
-                .bind(JobStatus::Scheduled.as_str())
-                .bind(i32::try_from(s.max_attempts).unwrap_or(i32::MAX))
-                .bind(s.due_at)
-                .bind(at)
-                .bind(s.action.as_str())
-                .bind(i32::try_from(s.generation).unwrap_or(i32::MAX))
-                .execute(&mut *tx)
-                .await?;
+        let ids: Vec<Uuid> = decoded.iter().map(|(id, ..)| *id).collect();
+        let loaded: Vec<JobRow> =
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ANY($1)"))
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| blame_first(events)(e.into()))?;
+        let mut rows = Rows::new(ids, loaded.into_iter().map(|r| (r.id, r)).collect());
+        for (id, at, event) in decoded {
+            fold(rows.entry(&id), id, at, event).map_err(blame_first(events))?;
+        }
+        store(tx, rows.into_changed())
+            .await
+            .map_err(|e| blame_first(events)(e.into()))
+    }
+}
+
+/// One event's effect on its job's row (`None`: not scheduled yet, so nothing to update).
+fn fold(
+    row: &mut Option<JobRow>,
+    id: Uuid,
+    at: DateTime<Utc>,
+    event: JobEvent,
+) -> Result<(), SubscriberError> {
+    if let JobEvent::JobScheduled(s) = event {
+        // Scheduling an existing job changes nothing.
+        row.get_or_insert_with(|| JobRow {
+            id,
+            subscription_id: s.subscription_id,
+            order_id: s.order_id,
+            tenant_id: s.tenant_id,
+            step: s.step.as_str().to_owned(),
+            domain: s.domain.map(String::from),
+            status: JobStatus::Scheduled.as_str().to_owned(),
+            series: 0,
+            attempts: 0,
+            max_attempts: int(s.max_attempts),
+            due_at: Some(s.due_at),
+            lease_expires_at: None,
+            worker: None,
+            last_error: None,
+            outcome: None,
+            scheduled_at: at,
+            updated_at: at,
+            action: s.action.as_str().to_owned(),
+            generation: int(s.generation),
+            cancelled: false,
+        });
+        return Ok(());
+    }
+    let Some(row) = row else {
+        return Ok(());
+    };
+    row.updated_at = at;
+    match event {
+        JobEvent::JobScheduled(_) => {}
+        JobEvent::JobStarted {
+            attempt,
+            worker,
+            lease_expires_at,
+            ..
+        } => {
+            row.status = JobStatus::Running.as_str().to_owned();
+            row.attempts = int(attempt);
+            row.worker = Some(worker);
+            row.lease_expires_at = Some(lease_expires_at);
+        }
+        JobEvent::JobSucceeded { outcome, .. } => {
+            row.status = JobStatus::Succeeded.as_str().to_owned();
+            row.outcome = Some(
+                serde_json::to_value(outcome).map_err(|e| SubscriberError::Other(e.to_string()))?,
+            );
+            row.lease_expires_at = None;
+            row.due_at = None;
+        }
+        JobEvent::JobAttemptFailed {
+            error, retry_at, ..
+        } => {
+            // A cancelled job's failed attempt is not retried: it shows as cancelled.
+            row.status = if row.cancelled {
+                JobStatus::Cancelled
+            } else {
+                JobStatus::RetryWaiting
             }
-            JobEvent::JobStarted {
-                attempt,
-                worker,
-                lease_expires_at,
-                ..
-            } => {
-                sqlx::query(
-                    "UPDATE jobs SET status = $2, attempts = $3, worker = $4, lease_expires_at = $5, updated_at = $6 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(JobStatus::Running.as_str())
-                .bind(i32::try_from(attempt).unwrap_or(i32::MAX))
-                .bind(worker)
-                .bind(lease_expires_at)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            JobEvent::JobSucceeded { outcome, .. } => {
-                let outcome = serde_json::to_value(outcome)
-                    .map_err(|e| SubscriberError::Other(e.to_string()))?;
-                sqlx::query(
-                    "UPDATE jobs SET status = $2, outcome = $3, lease_expires_at = NULL, due_at = NULL, updated_at = $4 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(JobStatus::Succeeded.as_str())
-                .bind(outcome)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            JobEvent::JobAttemptFailed {
-                error, retry_at, ..
-            } => {
-                sqlx::query(
-                    "UPDATE jobs SET status = CASE WHEN cancelled THEN $6 ELSE $2 END, last_error = $3, due_at = $4, \
-                     lease_expires_at = NULL, updated_at = $5 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(JobStatus::RetryWaiting.as_str())
-                .bind(error)
-                .bind(retry_at)
-                .bind(at)
-                .bind(JobStatus::Cancelled.as_str())
-                .execute(&mut *tx)
-                .await?;
-            }
-            JobEvent::JobDeadLettered { .. } => {
-                sqlx::query(
-                    "UPDATE jobs SET status = $2, due_at = NULL, updated_at = $3 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(JobStatus::DeadLettered.as_str())
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            JobEvent::JobCancelled { while_running, .. } => {
-                // A running attempt keeps its status until its outcome is recorded.
-                sqlx::query(
-                    "UPDATE jobs SET cancelled = true, \
-                       status = CASE WHEN $2 THEN status ELSE $3 END, \
-                       due_at = CASE WHEN $2 THEN due_at ELSE NULL END, updated_at = $4 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(while_running)
-                .bind(JobStatus::Cancelled.as_str())
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            JobEvent::JobRetryRequested { series, due_at, .. } => {
-                sqlx::query(
-                    "UPDATE jobs SET status = $2, series = $3, attempts = 0, due_at = $4, updated_at = $5 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(JobStatus::Scheduled.as_str())
-                .bind(i32::try_from(series).unwrap_or(i32::MAX))
-                .bind(due_at)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
+            .as_str()
+            .to_owned();
+            row.last_error = Some(error);
+            row.due_at = retry_at;
+            row.lease_expires_at = None;
+        }
+        JobEvent::JobDeadLettered { .. } => {
+            row.status = JobStatus::DeadLettered.as_str().to_owned();
+            row.due_at = None;
+        }
+        JobEvent::JobCancelled { while_running, .. } => {
+            // A running attempt keeps its status until its outcome is recorded.
+            row.cancelled = true;
+            if !while_running {
+                row.status = JobStatus::Cancelled.as_str().to_owned();
+                row.due_at = None;
             }
         }
-        Ok(())
+        JobEvent::JobRetryRequested { series, due_at, .. } => {
+            row.status = JobStatus::Scheduled.as_str().to_owned();
+            row.series = int(series);
+            row.attempts = 0;
+            row.due_at = Some(due_at);
+        }
     }
+    Ok(())
+}
+
+/// Writes the changed rows with one statement.
+async fn store(tx: &mut PgConnection, rows: Vec<JobRow>) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut c = Columns::default();
+    for r in rows {
+        c.id.push(r.id);
+        c.subscription_id.push(r.subscription_id);
+        c.order_id.push(r.order_id);
+        c.tenant_id.push(r.tenant_id);
+        c.step.push(r.step);
+        c.domain.push(r.domain);
+        c.status.push(r.status);
+        c.series.push(r.series);
+        c.attempts.push(r.attempts);
+        c.max_attempts.push(r.max_attempts);
+        c.due_at.push(r.due_at);
+        c.lease_expires_at.push(r.lease_expires_at);
+        c.worker.push(r.worker);
+        c.last_error.push(r.last_error);
+        c.outcome.push(r.outcome);
+        c.scheduled_at.push(r.scheduled_at);
+        c.updated_at.push(r.updated_at);
+        c.action.push(r.action);
+        c.generation.push(r.generation);
+        c.cancelled.push(r.cancelled);
+    }
+    sqlx::query(&format!(
+        "INSERT INTO jobs ({COLUMNS}) \
+         SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], \
+           $7::text[], $8::int[], $9::int[], $10::int[], $11::timestamptz[], $12::timestamptz[], \
+           $13::text[], $14::text[], $15::jsonb[], $16::timestamptz[], $17::timestamptz[], $18::text[], \
+           $19::int[], $20::bool[]) \
+         ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, series = EXCLUDED.series, \
+           attempts = EXCLUDED.attempts, due_at = EXCLUDED.due_at, \
+           lease_expires_at = EXCLUDED.lease_expires_at, worker = EXCLUDED.worker, \
+           last_error = EXCLUDED.last_error, outcome = EXCLUDED.outcome, \
+           updated_at = EXCLUDED.updated_at, cancelled = EXCLUDED.cancelled"
+    ))
+    .bind(c.id)
+    .bind(c.subscription_id)
+    .bind(c.order_id)
+    .bind(c.tenant_id)
+    .bind(c.step)
+    .bind(c.domain)
+    .bind(c.status)
+    .bind(c.series)
+    .bind(c.attempts)
+    .bind(c.max_attempts)
+    .bind(c.due_at)
+    .bind(c.lease_expires_at)
+    .bind(c.worker)
+    .bind(c.last_error)
+    .bind(c.outcome)
+    .bind(c.scheduled_at)
+    .bind(c.updated_at)
+    .bind(c.action)
+    .bind(c.generation)
+    .bind(c.cancelled)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// [`JobRow`]s column by column, as `UNNEST` takes them.
+#[derive(Default)]
+struct Columns {
+    id: Vec<Uuid>,
+    subscription_id: Vec<Uuid>,
+    order_id: Vec<Uuid>,
+    tenant_id: Vec<Uuid>,
+    step: Vec<String>,
+    domain: Vec<Option<String>>,
+    status: Vec<String>,
+    series: Vec<i32>,
+    attempts: Vec<i32>,
+    max_attempts: Vec<i32>,
+    due_at: Vec<Option<DateTime<Utc>>>,
+    lease_expires_at: Vec<Option<DateTime<Utc>>>,
+    worker: Vec<Option<String>>,
+    last_error: Vec<Option<String>>,
+    outcome: Vec<Option<Value>>,
+    scheduled_at: Vec<DateTime<Utc>>,
+    updated_at: Vec<DateTime<Utc>>,
+    action: Vec<String>,
+    generation: Vec<i32>,
+    cancelled: Vec<bool>,
 }

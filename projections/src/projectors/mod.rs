@@ -1,6 +1,7 @@
 //! The read-model projectors. Each owns its tables and is a feed subscriber of its own (its
 //! own checkpoint), so a poison event in one stops only that one.
 
+mod batch;
 mod catalog;
 mod customers;
 mod jobs;

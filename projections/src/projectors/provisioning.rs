@@ -3,14 +3,25 @@
 //! Built from job events only: a domain appears when its first job is scheduled; zones and
 //! accounts appear (or are refreshed) from the outcome a successful job recorded, so they show
 //! what was confirmed on the servers, never what was merely intended.
+//!
+//! A batch is applied set-based (see `batch.rs`): domain registrations and confirmed zones,
+//! records and accounts are folded per key in memory, in feed order, and written with one
+//! statement per table. A lifecycle change (suspend, terminate) acts on whatever rows a
+//! subscription has, so before one the pending rows are written out and the change runs as
+//! its own statements: the result is that of applying the events one by one.
+
+use std::collections::HashMap;
 
 use async_trait::async_trait;
-use mpanel_domain::job::{JobAction, JobEvent, StepOutcome};
+use chrono::{DateTime, Utc};
+use mpanel_domain::job::{DnsRecord, JobAction, JobEvent, StepOutcome};
 use mpanel_domain::step::ProvisioningStep;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::aggregate_uuid;
+use super::batch::{blame, blame_first, int};
+use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
 /// Builds `domains`, `dns_zones`, `dns_records`, `hosting_accounts` and `mail_accounts`.
@@ -33,153 +44,369 @@ impl Projector for ProvisioningProjector {
     }
 
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
-        if event.aggregate_type != "Job" {
-            return Ok(());
+        self.apply_batch(tx, std::slice::from_ref(event))
+            .await
+            .map_err(|f| f.error)
+    }
+
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[FeedEvent],
+    ) -> Result<(), BatchFailure> {
+        let mut decoded = Vec::new();
+        for event in events.iter().filter(|e| e.aggregate_type == "Job") {
+            let job_id = aggregate_uuid(event).map_err(blame(event))?;
+            decoded.push((
+                event,
+                job_id,
+                event.decode::<JobEvent>().map_err(blame(event))?,
+            ));
         }
-        let job_id = aggregate_uuid(event)?;
-        let at = event.recorded_at;
-        match event.decode::<JobEvent>()? {
-            JobEvent::JobScheduled(s) => {
-                if let Some(domain) = s.domain {
-                    sqlx::query(
-                        "INSERT INTO domains (domain, tenant_id, subscription_id, order_id, created_at, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $5) \
-                         ON CONFLICT (domain) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, \
-                           subscription_id = EXCLUDED.subscription_id, order_id = EXCLUDED.order_id, updated_at = $5",
-                    )
-                    .bind(domain.as_str())
-                    .bind(s.tenant_id)
-                    .bind(s.subscription_id)
-                    .bind(s.order_id)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
+        // Owners of the subscriptions whose outcomes this batch records, as the table has them.
+        let owned: Vec<Uuid> = decoded
+            .iter()
+            .filter_map(|(_, _, e)| match e {
+                JobEvent::JobSucceeded {
+                    subscription_id,
+                    outcome,
+                    ..
+                } if !matches!(outcome, StepOutcome::Changed { .. }) => Some(*subscription_id),
+                _ => None,
+            })
+            .collect();
+        let mut pending = Pending::default();
+        if !owned.is_empty() {
+            let rows: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
+                "SELECT DISTINCT ON (subscription_id) subscription_id, domain, tenant_id \
+                 FROM domains WHERE subscription_id = ANY($1)",
+            )
+            .bind(&owned)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| blame_first(events)(e.into()))?;
+            pending.stored_owners = rows.into_iter().map(|(s, d, t)| (s, (d, t))).collect();
+        }
+        for (event, job_id, decoded) in decoded {
+            let at = event.recorded_at;
+            match decoded {
+                JobEvent::JobScheduled(s) => {
+                    if let Some(domain) = s.domain {
+                        pending.register(
+                            domain.as_str(),
+                            DomainRow {
+                                tenant_id: s.tenant_id,
+                                subscription_id: s.subscription_id,
+                                order_id: s.order_id,
+                                created_at: at,
+                                updated_at: at,
+                            },
+                        );
+                    }
+                }
+                JobEvent::JobSucceeded {
+                    subscription_id,
+                    step,
+                    outcome: StepOutcome::Changed { action, .. },
+                    ..
+                } => {
+                    // Acts on the subscription's rows as they stand: write out what is pending.
+                    pending
+                        .flush(tx)
+                        .await
+                        .map_err(|e| blame(event)(e.into()))?;
+                    apply_change(tx, subscription_id, step, action, at)
+                        .await
+                        .map_err(blame(event))?;
+                }
+                JobEvent::JobSucceeded {
+                    subscription_id,
+                    outcome,
+                    ..
+                } => {
+                    let Some((domain, tenant_id)) = pending.owner(subscription_id) else {
+                        return Err(blame(event)(SubscriberError::Other(format!(
+                            "job {job_id} succeeded for subscription {subscription_id} whose domain is unknown"
+                        ))));
+                    };
+                    let owner = Owner {
+                        domain,
+                        tenant_id,
+                        subscription_id,
+                        job_id,
+                        at,
+                    };
+                    pending.confirm(owner, outcome);
+                }
+                _ => {}
+            }
+        }
+        pending
+            .flush(tx)
+            .await
+            .map_err(|e| blame_first(events)(e.into()))
+    }
+}
+
+/// A `domains` row as a registration writes it (`created_at` only when the row is new).
+struct DomainRow {
+    tenant_id: Uuid,
+    subscription_id: Uuid,
+    order_id: Uuid,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// Whose resource a confirmed outcome is: the job, its subscription and the domain's owner.
+struct Owner {
+    domain: String,
+    tenant_id: Uuid,
+    subscription_id: Uuid,
+    job_id: Uuid,
+    at: DateTime<Utc>,
+}
+
+/// A confirmed zone, with its records as the outcome listed them.
+struct Zone {
+    owner: Owner,
+    records: Vec<DnsRecord>,
+}
+
+/// A confirmed hosting account.
+struct Hosting {
+    owner: Owner,
+    server: String,
+    system_user: String,
+    web_root: String,
+    vhost_path: String,
+}
+
+/// A confirmed mailbox.
+struct Mail {
+    owner: Owner,
+    server: String,
+    maildir: String,
+}
+
+/// What the batch has folded but not yet written, by key (last write wins, as the one-by-one
+/// upserts would), plus what is known of each subscription's domain.
+#[derive(Default)]
+struct Pending {
+    domains: HashMap<String, DomainRow>,
+    zones: HashMap<String, Zone>,
+    hosting: HashMap<String, Hosting>,
+    mail: HashMap<String, Mail>,
+    /// Every registration of this batch, written or not: domain → (subscription, tenant).
+    registered: HashMap<String, (Uuid, Uuid)>,
+    /// The domain each subscription registered last in this batch.
+    registered_by: HashMap<Uuid, String>,
+    /// The `domains` table's owner rows for the batch's subscriptions, as loaded.
+    stored_owners: HashMap<Uuid, (String, Uuid)>,
+}
+
+impl Pending {
+    /// A job for `domain` was scheduled: the domain belongs to its subscription from now on.
+    fn register(&mut self, domain: &str, row: DomainRow) {
+        self.registered
+            .insert(domain.to_owned(), (row.subscription_id, row.tenant_id));
+        self.registered_by
+            .insert(row.subscription_id, domain.to_owned());
+        match self.domains.get_mut(domain) {
+            Some(existing) => {
+                existing.tenant_id = row.tenant_id;
+                existing.subscription_id = row.subscription_id;
+                existing.order_id = row.order_id;
+                existing.updated_at = row.updated_at;
+            }
+            None => {
+                self.domains.insert(domain.to_owned(), row);
+            }
+        }
+    }
+
+    /// The domain and tenant of a subscription: a registration of this batch, else the table's
+    /// row, unless this batch gave that domain to another subscription since.
+    fn owner(&self, subscription_id: Uuid) -> Option<(String, Uuid)> {
+        let current = |domain: &String| match self.registered.get(domain) {
+            Some((sub, tenant)) => (*sub == subscription_id).then(|| (domain.clone(), *tenant)),
+            None => None,
+        };
+        if let Some(found) = self.registered_by.get(&subscription_id).and_then(current) {
+            return Some(found);
+        }
+        let (domain, tenant) = self.stored_owners.get(&subscription_id)?;
+        if self.registered.contains_key(domain) {
+            current(domain)
+        } else {
+            Some((domain.clone(), *tenant))
+        }
+    }
+
+    /// A successful job's outcome: the zone or account as the server confirmed it.
+    fn confirm(&mut self, owner: Owner, outcome: StepOutcome) {
+        match outcome {
+            StepOutcome::Dns { zone, records } => {
+                self.zones.insert(zone, Zone { owner, records });
+            }
+            StepOutcome::Hosting {
+                server,
+                system_user,
+                web_root,
+                vhost_path,
+            } => {
+                self.hosting.insert(
+                    owner.domain.clone(),
+                    Hosting {
+                        owner,
+                        server,
+                        system_user,
+                        web_root,
+                        vhost_path,
+                    },
+                );
+            }
+            StepOutcome::Mail {
+                address,
+                server,
+                maildir,
+            } => {
+                self.mail.insert(
+                    address,
+                    Mail {
+                        owner,
+                        server,
+                        maildir,
+                    },
+                );
+            }
+            // Applied as it comes, after a flush.
+            StepOutcome::Changed { .. } => {}
+        }
+    }
+
+    /// Writes everything pending: one statement per table (two for records: the zones' old
+    /// records go, the confirmed ones come).
+    async fn flush(&mut self, tx: &mut PgConnection) -> Result<(), sqlx::Error> {
+        if !self.domains.is_empty() {
+            let rows: Vec<(String, DomainRow)> = self.domains.drain().collect();
+            sqlx::query(
+                "INSERT INTO domains (domain, tenant_id, subscription_id, order_id, created_at, updated_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::timestamptz[], $6::timestamptz[]) \
+                 ON CONFLICT (domain) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, \
+                   subscription_id = EXCLUDED.subscription_id, order_id = EXCLUDED.order_id, \
+                   updated_at = EXCLUDED.updated_at",
+            )
+            .bind(rows.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, r)| r.tenant_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, r)| r.subscription_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, r)| r.order_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, r)| r.created_at).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, r)| r.updated_at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !self.zones.is_empty() {
+            let zones: Vec<(String, Zone)> = self.zones.drain().collect();
+            sqlx::query(
+                "INSERT INTO dns_zones (zone, domain, tenant_id, subscription_id, job_id, updated_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[], $6::timestamptz[]) \
+                 ON CONFLICT (zone) DO UPDATE SET domain = EXCLUDED.domain, tenant_id = EXCLUDED.tenant_id, \
+                   subscription_id = EXCLUDED.subscription_id, job_id = EXCLUDED.job_id, \
+                   updated_at = EXCLUDED.updated_at",
+            )
+            .bind(zones.iter().map(|(z, _)| z.as_str()).collect::<Vec<_>>())
+            .bind(zones.iter().map(|(_, z)| z.owner.domain.as_str()).collect::<Vec<_>>())
+            .bind(zones.iter().map(|(_, z)| z.owner.tenant_id).collect::<Vec<_>>())
+            .bind(zones.iter().map(|(_, z)| z.owner.subscription_id).collect::<Vec<_>>())
+            .bind(zones.iter().map(|(_, z)| z.owner.job_id).collect::<Vec<_>>())
+            .bind(zones.iter().map(|(_, z)| z.owner.at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM dns_records WHERE zone = ANY($1)")
+                .bind(zones.iter().map(|(z, _)| z.as_str()).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+            // One row per (zone, name, type); a later record of an outcome replaces an earlier.
+            let mut records: Vec<(&str, &DnsRecord)> = Vec::new();
+            let mut index: HashMap<(&str, &str, &str), usize> = HashMap::new();
+            for (zone, z) in &zones {
+                for r in &z.records {
+                    let key = (zone.as_str(), r.name.as_str(), r.record_type.as_str());
+                    match index.get(&key) {
+                        Some(&i) => records[i] = (zone.as_str(), r),
+                        None => {
+                            index.insert(key, records.len());
+                            records.push((zone.as_str(), r));
+                        }
+                    }
                 }
             }
-            JobEvent::JobSucceeded {
-                subscription_id,
-                step,
-                outcome: StepOutcome::Changed { action, .. },
-                ..
-            } => apply_change(tx, subscription_id, step, action, at).await?,
-            JobEvent::JobSucceeded {
-                subscription_id,
-                outcome,
-                ..
-            } => apply_outcome(tx, job_id, subscription_id, outcome, at).await?,
-            _ => {}
+            if !records.is_empty() {
+                // `contents` is a text[] per row, which UNNEST would flatten: carried as JSON.
+                sqlx::query(
+                    "INSERT INTO dns_records (zone, name, record_type, ttl, contents) \
+                     SELECT zone, name, record_type, ttl, ARRAY(SELECT jsonb_array_elements_text(contents)) \
+                     FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::jsonb[]) \
+                       AS u (zone, name, record_type, ttl, contents)",
+                )
+                .bind(records.iter().map(|(z, _)| *z).collect::<Vec<_>>())
+                .bind(records.iter().map(|(_, r)| r.name.as_str()).collect::<Vec<_>>())
+                .bind(records.iter().map(|(_, r)| r.record_type.as_str()).collect::<Vec<_>>())
+                .bind(records.iter().map(|(_, r)| int(r.ttl)).collect::<Vec<_>>())
+                .bind(
+                    records
+                        .iter()
+                        .map(|(_, r)| serde_json::Value::from(r.contents.clone()))
+                        .collect::<Vec<_>>(),
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        if !self.hosting.is_empty() {
+            let rows: Vec<Hosting> = self.hosting.drain().map(|(_, h)| h).collect();
+            sqlx::query(
+                "INSERT INTO hosting_accounts (domain, tenant_id, subscription_id, job_id, server, system_user, web_root, vhost_path, updated_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], $7::text[], $8::text[], $9::timestamptz[]) \
+                 ON CONFLICT (domain) DO UPDATE SET tenant_id = EXCLUDED.tenant_id, \
+                   subscription_id = EXCLUDED.subscription_id, job_id = EXCLUDED.job_id, server = EXCLUDED.server, \
+                   system_user = EXCLUDED.system_user, web_root = EXCLUDED.web_root, \
+                   vhost_path = EXCLUDED.vhost_path, updated_at = EXCLUDED.updated_at",
+            )
+            .bind(rows.iter().map(|h| h.owner.domain.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|h| h.owner.tenant_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|h| h.owner.subscription_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|h| h.owner.job_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|h| h.server.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|h| h.system_user.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|h| h.web_root.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|h| h.vhost_path.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|h| h.owner.at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !self.mail.is_empty() {
+            let rows: Vec<(String, Mail)> = self.mail.drain().collect();
+            sqlx::query(
+                "INSERT INTO mail_accounts (address, domain, tenant_id, subscription_id, job_id, server, maildir, updated_at) \
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[], $6::text[], $7::text[], $8::timestamptz[]) \
+                 ON CONFLICT (address) DO UPDATE SET domain = EXCLUDED.domain, tenant_id = EXCLUDED.tenant_id, \
+                   subscription_id = EXCLUDED.subscription_id, job_id = EXCLUDED.job_id, \
+                   server = EXCLUDED.server, maildir = EXCLUDED.maildir, updated_at = EXCLUDED.updated_at",
+            )
+            .bind(rows.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, m)| m.owner.domain.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, m)| m.owner.tenant_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, m)| m.owner.subscription_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, m)| m.owner.job_id).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, m)| m.server.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, m)| m.maildir.as_str()).collect::<Vec<_>>())
+            .bind(rows.iter().map(|(_, m)| m.owner.at).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await?;
         }
         Ok(())
     }
-}
-
-async fn owner(
-    tx: &mut PgConnection,
-    subscription_id: Uuid,
-) -> Result<Option<(String, Uuid)>, SubscriberError> {
-    Ok(
-        sqlx::query_as("SELECT domain, tenant_id FROM domains WHERE subscription_id = $1 LIMIT 1")
-            .bind(subscription_id)
-            .fetch_optional(&mut *tx)
-            .await?,
-    )
-}
-
-async fn apply_outcome(
-    tx: &mut PgConnection,
-    job_id: Uuid,
-    subscription_id: Uuid,
-    outcome: StepOutcome,
-    at: chrono::DateTime<chrono::Utc>,
-) -> Result<(), SubscriberError> {
-    let Some((domain, tenant_id)) = owner(tx, subscription_id).await? else {
-        return Err(SubscriberError::Other(format!(
-            "job {job_id} succeeded for subscription {subscription_id} whose domain is unknown"
-        )));
-    };
-    match outcome {
-        StepOutcome::Dns { zone, records } => {
-            sqlx::query(
-                "INSERT INTO dns_zones (zone, domain, tenant_id, subscription_id, job_id, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6) \
-                 ON CONFLICT (zone) DO UPDATE SET domain = $2, tenant_id = $3, subscription_id = $4, job_id = $5, updated_at = $6",
-            )
-            .bind(&zone)
-            .bind(&domain)
-            .bind(tenant_id)
-            .bind(subscription_id)
-            .bind(job_id)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM dns_records WHERE zone = $1")
-                .bind(&zone)
-                .execute(&mut *tx)
-                .await?;
-            for r in records {
-                sqlx::query(
-                    "INSERT INTO dns_records (zone, name, record_type, ttl, contents) VALUES ($1, $2, $3, $4, $5) \
-                     ON CONFLICT (zone, name, record_type) DO UPDATE SET ttl = $4, contents = $5",
-                )
-                .bind(&zone)
-                .bind(&r.name)
-                .bind(&r.record_type)
-                .bind(i32::try_from(r.ttl).unwrap_or(i32::MAX))
-                .bind(&r.contents)
-                .execute(&mut *tx)
-                .await?;
-            }
-        }
-        StepOutcome::Hosting {
-            server,
-            system_user,
-            web_root,
-            vhost_path,
-        } => {
-            sqlx::query(
-                "INSERT INTO hosting_accounts (domain, tenant_id, subscription_id, job_id, server, system_user, web_root, vhost_path, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
-                 ON CONFLICT (domain) DO UPDATE SET tenant_id = $2, subscription_id = $3, job_id = $4, server = $5, \
-                   system_user = $6, web_root = $7, vhost_path = $8, updated_at = $9",
-            )
-            .bind(&domain)
-            .bind(tenant_id)
-            .bind(subscription_id)
-            .bind(job_id)
-            .bind(server)
-            .bind(system_user)
-            .bind(web_root)
-            .bind(vhost_path)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        StepOutcome::Mail {
-            address,
-            server,
-            maildir,
-        } => {
-            sqlx::query(
-                "INSERT INTO mail_accounts (address, domain, tenant_id, subscription_id, job_id, server, maildir, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-                 ON CONFLICT (address) DO UPDATE SET domain = $2, tenant_id = $3, subscription_id = $4, job_id = $5, \
-                   server = $6, maildir = $7, updated_at = $8",
-            )
-            .bind(address)
-            .bind(&domain)
-            .bind(tenant_id)
-            .bind(subscription_id)
-            .bind(job_id)
-            .bind(server)
-            .bind(maildir)
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-        }
-        // Handled by `apply_change`.
-        StepOutcome::Changed { .. } => {}
-    }
-    Ok(())
 }
 
 /// A confirmed lifecycle change: a terminated step's zone or account is gone from the servers

@@ -1,15 +1,47 @@
 //! Subscriptions read model, with step progress.
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 use mpanel_domain::job::JobAction;
+use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::subscription::{SubscriptionEvent, SubscriptionStatus};
 use sqlx::PgConnection;
+use uuid::Uuid;
 
 use super::aggregate_uuid;
+use super::batch::{blame, blame_first, int, Rows};
+use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
 /// Builds `subscriptions`.
 pub struct SubscriptionsProjector;
+
+/// A `subscriptions` row, as the fold sees it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct SubscriptionRow {
+    id: Uuid,
+    order_id: Uuid,
+    tenant_id: Uuid,
+    customer_id: Uuid,
+    domain: Option<String>,
+    status: String,
+    required_steps: Vec<String>,
+    succeeded_steps: Vec<String>,
+    failed_step: Option<String>,
+    last_error: Option<String>,
+    opened_at: DateTime<Utc>,
+    activated_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+    generation: i32,
+    operation: String,
+    pending_steps: Vec<String>,
+    status_reason: Option<String>,
+    status_changed_by: Option<String>,
+}
+
+const COLUMNS: &str = "id, order_id, tenant_id, customer_id, domain, status, required_steps, succeeded_steps, \
+     failed_step, last_error, opened_at, activated_at, updated_at, generation, operation, pending_steps, \
+     status_reason, status_changed_by";
 
 #[async_trait]
 impl Projector for SubscriptionsProjector {
@@ -22,172 +54,270 @@ impl Projector for SubscriptionsProjector {
     }
 
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
-        if event.aggregate_type != "Subscription" {
+        self.apply_batch(tx, std::slice::from_ref(event))
+            .await
+            .map_err(|f| f.error)
+    }
+
+    async fn apply_batch(
+        &self,
+        tx: &mut PgConnection,
+        events: &[FeedEvent],
+    ) -> Result<(), BatchFailure> {
+        let mut decoded = Vec::new();
+        for event in events.iter().filter(|e| e.aggregate_type == "Subscription") {
+            let id = aggregate_uuid(event).map_err(blame(event))?;
+            decoded.push((
+                id,
+                event.decode::<SubscriptionEvent>().map_err(blame(event))?,
+            ));
+        }
+        if decoded.is_empty() {
             return Ok(());
         }
-        let id = aggregate_uuid(event)?;
-        let decoded = event.decode::<SubscriptionEvent>()?;
-        if let Some((action, r)) = decoded.operation_request() {
-            let steps: Vec<&str> = r.steps.iter().map(|s| s.as_str()).collect();
-            sqlx::query(
-                "UPDATE subscriptions SET status = $2, operation = $3, generation = $4, pending_steps = $5, \
-                   failed_step = NULL, status_reason = coalesce($6, status_reason), status_changed_by = $7, \
-                   updated_at = $8 WHERE id = $1",
-            )
-            .bind(id)
-            .bind(SubscriptionStatus::in_progress(action).as_str())
-            .bind(action.as_str())
-            .bind(i32::try_from(r.generation).unwrap_or(i32::MAX))
-            .bind(&steps)
-            .bind(r.reason.as_deref())
-            .bind(&r.requested_by)
-            .bind(r.requested_at)
-            .execute(&mut *tx)
-            .await?;
-            return Ok(());
+        let ids: Vec<Uuid> = decoded.iter().map(|(id, _)| *id).collect();
+        let loaded: Vec<SubscriptionRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM subscriptions WHERE id = ANY($1)"
+        ))
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| blame_first(events)(e.into()))?;
+        let mut rows = Rows::new(ids, loaded.into_iter().map(|r| (r.id, r)).collect());
+        for (id, event) in decoded {
+            fold(rows.entry(&id), id, event);
         }
-        match decoded {
-            SubscriptionEvent::SubscriptionOpened {
-                order_id,
-                tenant_id,
-                customer_id,
-                domain,
-                required_steps,
-                opened_at,
-            } => {
-                let steps: Vec<&str> = required_steps.iter().map(|s| s.as_str()).collect();
-                sqlx::query(
-                    "INSERT INTO subscriptions (id, order_id, tenant_id, customer_id, domain, status, required_steps, pending_steps, opened_at, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $8) ON CONFLICT (id) DO NOTHING",
-                )
-                .bind(id)
-                .bind(order_id)
-                .bind(tenant_id)
-                .bind(customer_id)
-                .bind(domain.map(String::from))
-                .bind(SubscriptionStatus::Inactive.as_str())
-                .bind(&steps)
-                .bind(opened_at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            SubscriptionEvent::ProvisioningStepSucceeded {
-                step, succeeded_at, ..
-            } => {
-                sqlx::query(
-                    "UPDATE subscriptions SET succeeded_steps = array_append(succeeded_steps, $2), \
-                       pending_steps = array_remove(pending_steps, $2), updated_at = $3 \
-                     WHERE id = $1 AND NOT ($2 = ANY (succeeded_steps))",
-                )
-                .bind(id)
-                .bind(step.as_str())
-                .bind(succeeded_at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            SubscriptionEvent::ProvisioningFailed {
-                step,
-                error,
-                failed_at,
-                ..
-            } => {
-                sqlx::query(
-                    "UPDATE subscriptions SET status = $2, failed_step = $3, last_error = $4, updated_at = $5 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(SubscriptionStatus::ProvisioningFailed.as_str())
-                .bind(step.as_str())
-                .bind(error)
-                .bind(failed_at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            SubscriptionEvent::OperationStepSucceeded {
-                step, succeeded_at, ..
-            } => {
-                sqlx::query(
-                    "UPDATE subscriptions SET pending_steps = array_remove(pending_steps, $2), updated_at = $3 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(step.as_str())
-                .bind(succeeded_at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            SubscriptionEvent::OperationStepFailed {
-                action,
-                step,
-                error,
-                failed_at,
-                ..
-            } => {
-                // A failed re-provisioning is PROVISIONING_FAILED; the other operations stay
-                // in progress with the failed step shown.
-                sqlx::query(
-                    "UPDATE subscriptions SET status = CASE WHEN $6 THEN $2 ELSE status END, \
-                       failed_step = $3, last_error = $4, updated_at = $5 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(SubscriptionStatus::ProvisioningFailed.as_str())
-                .bind(step.as_str())
-                .bind(error)
-                .bind(failed_at)
-                .bind(action == JobAction::Provision)
-                .execute(&mut *tx)
-                .await?;
-            }
-            SubscriptionEvent::SubscriptionSuspended {
-                suspended_at: at, ..
-            } => {
-                finish(tx, id, SubscriptionStatus::Suspended, at).await?;
-            }
-            SubscriptionEvent::SubscriptionUnsuspended {
-                unsuspended_at: at, ..
-            }
-            | SubscriptionEvent::SubscriptionReprovisioned {
-                reprovisioned_at: at,
-                ..
-            } => {
-                finish(tx, id, SubscriptionStatus::Active, at).await?;
-            }
-            SubscriptionEvent::SubscriptionTerminated {
-                terminated_at: at, ..
-            } => {
-                finish(tx, id, SubscriptionStatus::Terminated, at).await?;
-            }
-            SubscriptionEvent::SubscriptionActivated { activated_at, .. } => {
-                sqlx::query(
-                    "UPDATE subscriptions SET status = $2, activated_at = $3, failed_step = NULL, updated_at = $3 WHERE id = $1",
-                )
-                .bind(id)
-                .bind(SubscriptionStatus::Active.as_str())
-                .bind(activated_at)
-                .execute(&mut *tx)
-                .await?;
-            }
-            SubscriptionEvent::SubscriptionSuspensionRequested(_)
-            | SubscriptionEvent::SubscriptionUnsuspensionRequested(_)
-            | SubscriptionEvent::SubscriptionTerminationRequested(_)
-            | SubscriptionEvent::SubscriptionReprovisioningRequested(_) => {}
+        store(tx, rows.into_changed())
+            .await
+            .map_err(|e| blame_first(events)(e.into()))
+    }
+}
+
+fn names(steps: &[ProvisioningStep]) -> Vec<String> {
+    steps.iter().map(|s| s.as_str().to_owned()).collect()
+}
+
+/// One event's effect on its subscription's row (`None`: not opened yet, nothing to update).
+fn fold(row: &mut Option<SubscriptionRow>, id: Uuid, event: SubscriptionEvent) {
+    if let SubscriptionEvent::SubscriptionOpened {
+        order_id,
+        tenant_id,
+        customer_id,
+        domain,
+        required_steps,
+        opened_at,
+    } = event
+    {
+        // Opening an existing subscription changes nothing.
+        row.get_or_insert_with(|| SubscriptionRow {
+            id,
+            order_id,
+            tenant_id,
+            customer_id,
+            domain: domain.map(String::from),
+            status: SubscriptionStatus::Inactive.as_str().to_owned(),
+            required_steps: names(&required_steps),
+            succeeded_steps: Vec::new(),
+            failed_step: None,
+            last_error: None,
+            opened_at,
+            activated_at: None,
+            updated_at: opened_at,
+            generation: 0,
+            operation: JobAction::Provision.as_str().to_owned(),
+            pending_steps: names(&required_steps),
+            status_reason: None,
+            status_changed_by: None,
+        });
+        return;
+    }
+    let Some(row) = row else {
+        return;
+    };
+    if let Some((action, r)) = event.operation_request() {
+        row.status = SubscriptionStatus::in_progress(action).as_str().to_owned();
+        row.operation = action.as_str().to_owned();
+        row.generation = int(r.generation);
+        row.pending_steps = names(&r.steps);
+        row.failed_step = None;
+        if let Some(reason) = &r.reason {
+            row.status_reason = Some(reason.clone());
         }
-        Ok(())
+        row.status_changed_by = Some(r.requested_by.clone());
+        row.updated_at = r.requested_at;
+        return;
+    }
+    match event {
+        SubscriptionEvent::ProvisioningStepSucceeded {
+            step, succeeded_at, ..
+        } => {
+            let step = step.as_str();
+            if !row.succeeded_steps.iter().any(|s| s == step) {
+                row.succeeded_steps.push(step.to_owned());
+                row.pending_steps.retain(|s| s != step);
+                row.updated_at = succeeded_at;
+            }
+        }
+        SubscriptionEvent::ProvisioningFailed {
+            step,
+            error,
+            failed_at,
+            ..
+        } => {
+            row.status = SubscriptionStatus::ProvisioningFailed.as_str().to_owned();
+            row.failed_step = Some(step.as_str().to_owned());
+            row.last_error = Some(error);
+            row.updated_at = failed_at;
+        }
+        SubscriptionEvent::OperationStepSucceeded {
+            step, succeeded_at, ..
+        } => {
+            row.pending_steps.retain(|s| s != step.as_str());
+            row.updated_at = succeeded_at;
+        }
+        SubscriptionEvent::OperationStepFailed {
+            action,
+            step,
+            error,
+            failed_at,
+            ..
+        } => {
+            // A failed re-provisioning is PROVISIONING_FAILED; the other operations stay
+            // in progress with the failed step shown.
+            if action == JobAction::Provision {
+                row.status = SubscriptionStatus::ProvisioningFailed.as_str().to_owned();
+            }
+            row.failed_step = Some(step.as_str().to_owned());
+            row.last_error = Some(error);
+            row.updated_at = failed_at;
+        }
+        SubscriptionEvent::SubscriptionSuspended {
+            suspended_at: at, ..
+        } => finish(row, SubscriptionStatus::Suspended, at),
+        SubscriptionEvent::SubscriptionUnsuspended {
+            unsuspended_at: at, ..
+        }
+        | SubscriptionEvent::SubscriptionReprovisioned {
+            reprovisioned_at: at,
+            ..
+        } => finish(row, SubscriptionStatus::Active, at),
+        SubscriptionEvent::SubscriptionTerminated {
+            terminated_at: at, ..
+        } => finish(row, SubscriptionStatus::Terminated, at),
+        SubscriptionEvent::SubscriptionActivated { activated_at, .. } => {
+            row.status = SubscriptionStatus::Active.as_str().to_owned();
+            row.activated_at = Some(activated_at);
+            row.failed_step = None;
+            row.updated_at = activated_at;
+        }
+        SubscriptionEvent::SubscriptionOpened { .. }
+        | SubscriptionEvent::SubscriptionSuspensionRequested(_)
+        | SubscriptionEvent::SubscriptionUnsuspensionRequested(_)
+        | SubscriptionEvent::SubscriptionTerminationRequested(_)
+        | SubscriptionEvent::SubscriptionReprovisioningRequested(_) => {}
     }
 }
 
 /// An operation completed: its end status, nothing pending, no failed step.
-async fn finish(
-    tx: &mut PgConnection,
-    id: uuid::Uuid,
-    status: SubscriptionStatus,
-    at: chrono::DateTime<chrono::Utc>,
-) -> Result<(), SubscriberError> {
-    sqlx::query(
-        "UPDATE subscriptions SET status = $2, pending_steps = '{}', failed_step = NULL, updated_at = $3 WHERE id = $1",
-    )
-    .bind(id)
-    .bind(status.as_str())
-    .bind(at)
+fn finish(row: &mut SubscriptionRow, status: SubscriptionStatus, at: DateTime<Utc>) {
+    row.status = status.as_str().to_owned();
+    row.pending_steps.clear();
+    row.failed_step = None;
+    row.updated_at = at;
+}
+
+/// A list of step names as one JSON array, so `UNNEST` (which flattens nested arrays) can
+/// carry a `text[]` per row.
+fn json_list(steps: &[String]) -> serde_json::Value {
+    serde_json::Value::from(steps.to_vec())
+}
+
+/// Writes the changed rows with one statement.
+async fn store(tx: &mut PgConnection, rows: Vec<SubscriptionRow>) -> Result<(), sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut c = Columns::default();
+    for r in rows {
+        c.id.push(r.id);
+        c.order_id.push(r.order_id);
+        c.tenant_id.push(r.tenant_id);
+        c.customer_id.push(r.customer_id);
+        c.domain.push(r.domain);
+        c.status.push(r.status);
+        c.required_steps.push(json_list(&r.required_steps));
+        c.succeeded_steps.push(json_list(&r.succeeded_steps));
+        c.failed_step.push(r.failed_step);
+        c.last_error.push(r.last_error);
+        c.opened_at.push(r.opened_at);
+        c.activated_at.push(r.activated_at);
+        c.updated_at.push(r.updated_at);
+        c.generation.push(r.generation);
+        c.operation.push(r.operation);
+        c.pending_steps.push(json_list(&r.pending_steps));
+        c.status_reason.push(r.status_reason);
+        c.status_changed_by.push(r.status_changed_by);
+    }
+    sqlx::query(&format!(
+        "INSERT INTO subscriptions ({COLUMNS}) \
+         SELECT id, order_id, tenant_id, customer_id, domain, status, \
+           ARRAY(SELECT jsonb_array_elements_text(required_steps)), \
+           ARRAY(SELECT jsonb_array_elements_text(succeeded_steps)), \
+           failed_step, last_error, opened_at, activated_at, updated_at, generation, operation, \
+           ARRAY(SELECT jsonb_array_elements_text(pending_steps)), status_reason, status_changed_by \
+         FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], \
+           $7::jsonb[], $8::jsonb[], $9::text[], $10::text[], $11::timestamptz[], $12::timestamptz[], \
+           $13::timestamptz[], $14::int[], $15::text[], $16::jsonb[], $17::text[], $18::text[]) \
+           AS u ({COLUMNS}) \
+         ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, \
+           succeeded_steps = EXCLUDED.succeeded_steps, failed_step = EXCLUDED.failed_step, \
+           last_error = EXCLUDED.last_error, activated_at = EXCLUDED.activated_at, \
+           updated_at = EXCLUDED.updated_at, generation = EXCLUDED.generation, \
+           operation = EXCLUDED.operation, pending_steps = EXCLUDED.pending_steps, \
+           status_reason = EXCLUDED.status_reason, status_changed_by = EXCLUDED.status_changed_by"
+    ))
+    .bind(c.id)
+    .bind(c.order_id)
+    .bind(c.tenant_id)
+    .bind(c.customer_id)
+    .bind(c.domain)
+    .bind(c.status)
+    .bind(c.required_steps)
+    .bind(c.succeeded_steps)
+    .bind(c.failed_step)
+    .bind(c.last_error)
+    .bind(c.opened_at)
+    .bind(c.activated_at)
+    .bind(c.updated_at)
+    .bind(c.generation)
+    .bind(c.operation)
+    .bind(c.pending_steps)
+    .bind(c.status_reason)
+    .bind(c.status_changed_by)
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+/// [`SubscriptionRow`]s column by column, as `UNNEST` takes them.
+#[derive(Default)]
+struct Columns {
+    id: Vec<Uuid>,
+    order_id: Vec<Uuid>,
+    tenant_id: Vec<Uuid>,
+    customer_id: Vec<Uuid>,
+    domain: Vec<Option<String>>,
+    status: Vec<String>,
+    required_steps: Vec<serde_json::Value>,
+    succeeded_steps: Vec<serde_json::Value>,
+    failed_step: Vec<Option<String>>,
+    last_error: Vec<Option<String>>,
+    opened_at: Vec<DateTime<Utc>>,
+    activated_at: Vec<Option<DateTime<Utc>>>,
+    updated_at: Vec<DateTime<Utc>>,
+    generation: Vec<i32>,
+    operation: Vec<String>,
+    pending_steps: Vec<serde_json::Value>,
+    status_reason: Vec<Option<String>>,
+    status_changed_by: Vec<Option<String>>,
 }
