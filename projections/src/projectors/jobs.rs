@@ -8,7 +8,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::aggregate_uuid;
-use super::batch::{blame, blame_first, int, Rows};
+use super::batch::{blame, blame_first, distinct, int, Rows};
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
@@ -77,13 +77,15 @@ impl Projector for JobsProjector {
         if decoded.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Uuid> = decoded.iter().map(|(id, ..)| *id).collect();
-        let loaded: Vec<JobRow> =
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ANY($1)"))
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| blame_first(events)(e.into()))?;
+        let ids = distinct(decoded.iter().map(|(id, ..)| *id));
+        let loaded: Vec<JobRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM UNNEST($1::uuid[]) AS k (id) JOIN jobs USING (id)"
+        ))
+        .persistent(false)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| blame_first(events)(e.into()))?;
         let mut rows = Rows::new(ids, loaded.into_iter().map(|r| (r.id, r)).collect());
         for (id, at, event) in decoded {
             fold(rows.entry(&id), id, at, event).map_err(blame_first(events))?;

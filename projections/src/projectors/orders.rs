@@ -8,7 +8,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::aggregate_uuid;
-use super::batch::{blame, blame_first, Rows};
+use super::batch::{blame, blame_first, distinct, Rows};
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
@@ -72,13 +72,15 @@ impl Projector for OrdersProjector {
         if decoded.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Uuid> = decoded.iter().map(|(id, _)| *id).collect();
-        let loaded: Vec<OrderRow> =
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = ANY($1)"))
-                .bind(&ids)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| blame_first(events)(e.into()))?;
+        let ids = distinct(decoded.iter().map(|(id, _)| *id));
+        let loaded: Vec<OrderRow> = sqlx::query_as(&format!(
+            "SELECT {COLUMNS} FROM UNNEST($1::uuid[]) AS k (id) JOIN orders USING (id)"
+        ))
+        .persistent(false)
+        .bind(&ids)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(|e| blame_first(events)(e.into()))?;
         let mut rows = Rows::new(ids, loaded.into_iter().map(|r| (r.id, r)).collect());
         for (id, event) in decoded {
             fold(rows.entry(&id), id, event);

@@ -20,7 +20,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::aggregate_uuid;
-use super::batch::{blame, blame_first, int};
+use super::batch::{blame, blame_first, distinct, int};
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
@@ -64,23 +64,22 @@ impl Projector for ProvisioningProjector {
             ));
         }
         // Owners of the subscriptions whose outcomes this batch records, as the table has them.
-        let owned: Vec<Uuid> = decoded
-            .iter()
-            .filter_map(|(_, _, e)| match e {
-                JobEvent::JobSucceeded {
-                    subscription_id,
-                    outcome,
-                    ..
-                } if !matches!(outcome, StepOutcome::Changed { .. }) => Some(*subscription_id),
-                _ => None,
-            })
-            .collect();
+        let owned = distinct(decoded.iter().filter_map(|(_, _, e)| match e {
+            JobEvent::JobSucceeded {
+                subscription_id,
+                outcome,
+                ..
+            } if !matches!(outcome, StepOutcome::Changed { .. }) => Some(*subscription_id),
+            _ => None,
+        }));
         let mut pending = Pending::default();
         if !owned.is_empty() {
             let rows: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
                 "SELECT DISTINCT ON (subscription_id) subscription_id, domain, tenant_id \
-                 FROM domains WHERE subscription_id = ANY($1)",
+                 FROM UNNEST($1::uuid[]) AS k (subscription_id) JOIN domains USING (subscription_id) \
+                 ORDER BY subscription_id",
             )
+            .persistent(false)
             .bind(&owned)
             .fetch_all(&mut *tx)
             .await
@@ -322,7 +321,8 @@ impl Pending {
             .bind(zones.iter().map(|(_, z)| z.owner.at).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM dns_records WHERE zone = ANY($1)")
+            sqlx::query("DELETE FROM dns_records WHERE zone IN (SELECT unnest($1::text[]))")
+                .persistent(false)
                 .bind(zones.iter().map(|(z, _)| z.as_str()).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await?;

@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::aggregate_uuid;
-use super::batch::{blame, blame_first, int, Rows};
+use super::batch::{blame, blame_first, distinct, int, Rows};
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
@@ -75,10 +75,11 @@ impl Projector for SubscriptionsProjector {
         if decoded.is_empty() {
             return Ok(());
         }
-        let ids: Vec<Uuid> = decoded.iter().map(|(id, _)| *id).collect();
+        let ids = distinct(decoded.iter().map(|(id, _)| *id));
         let loaded: Vec<SubscriptionRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM subscriptions WHERE id = ANY($1)"
+            "SELECT {COLUMNS} FROM UNNEST($1::uuid[]) AS k (id) JOIN subscriptions USING (id)"
         ))
+        .persistent(false)
         .bind(&ids)
         .fetch_all(&mut *tx)
         .await
