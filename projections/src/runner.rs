@@ -583,7 +583,7 @@ mod tests {
             sequence: 1,
             event_type: "JobScheduled".into(),
             event_version: "1".into(),
-            payload: serde_json::Value::Null,
+            payload: serde_json::value::to_raw_value(&serde_json::Value::Null).expect("raw"),
             metadata,
             recorded_at: chrono::Utc::now(),
         }

@@ -49,9 +49,12 @@ pub struct ExportLine {
 
 impl ExportLine {
     /// The line for a sealed event.
-    #[must_use]
-    pub fn new(event: FeedEvent, hash: &[u8], prev_hash: &[u8]) -> Self {
-        Self {
+    ///
+    /// # Errors
+    /// Only if the payload is not JSON, which a stored event's cannot be.
+    pub fn new(event: FeedEvent, hash: &[u8], prev_hash: &[u8]) -> Result<Self, serde_json::Error> {
+        let payload = event.payload_value()?;
+        Ok(Self {
             position: event.position,
             tx_id: event.tx_id,
             recorded_at: canonical_time(event.recorded_at),
@@ -60,11 +63,11 @@ impl ExportLine {
             sequence: event.sequence,
             event_type: event.event_type,
             event_version: event.event_version,
-            payload: event.payload,
+            payload,
             metadata: event.metadata,
             hash: hex::encode(hash),
             prev_hash: hex::encode(prev_hash),
-        }
+        })
     }
 
     /// The event and seal the line holds, or why it does not hold one.
@@ -85,7 +88,8 @@ impl ExportLine {
             sequence: self.sequence,
             event_type: self.event_type,
             event_version: self.event_version,
-            payload: self.payload,
+            payload: serde_json::value::to_raw_value(&self.payload)
+                .map_err(|e| format!("payload: {e}"))?,
             metadata: self.metadata,
             recorded_at,
         };
@@ -188,7 +192,12 @@ where
             .fetch(&mut *tx);
         let mut buf = Vec::with_capacity(1024);
         while let Some(row) = rows.try_next().await? {
-            let line = ExportLine::new(row.event.into(), &row.hash, &row.prev_hash);
+            let line = ExportLine::new(row.event.into(), &row.hash, &row.prev_hash).map_err(
+                |e| AuditError::Io {
+                    context: "decoding a stored payload",
+                    source: e.into(),
+                },
+            )?;
             buf.clear();
             serde_json::to_writer(&mut buf, &line).map_err(|e| AuditError::Io {
                 context: "encoding an export line",

@@ -118,7 +118,7 @@ async fn insert(
     .bind(event.sequence)
     .bind(&event.event_type)
     .bind(&event.event_version)
-    .bind(&event.payload)
+    .bind(sqlx::types::Json(&event.payload))
     .bind(&event.metadata)
     .bind(event.recorded_at)
     .execute(&mut **tx)

@@ -2,7 +2,9 @@
 
 use chrono::{DateTime, Utc};
 use futures::TryStreamExt;
+use serde_json::value::RawValue;
 use serde_json::Value;
+use sqlx::types::Json;
 use sqlx::PgPool;
 
 use super::canonical::{seal_event, Hash, GENESIS};
@@ -30,7 +32,7 @@ struct WalkRow {
     sequence: Option<i64>,
     event_type: Option<String>,
     event_version: Option<String>,
-    payload: Option<Value>,
+    payload: Option<Json<Box<RawValue>>>,
     metadata: Option<Value>,
     recorded_at: Option<DateTime<Utc>>,
     hash: Option<Vec<u8>>,
@@ -48,7 +50,7 @@ impl WalkRow {
             sequence: self.sequence?,
             event_type: self.event_type.take()?,
             event_version: self.event_version.take()?,
-            payload: self.payload.take()?,
+            payload: self.payload.take()?.0,
             metadata: self.metadata.take()?,
             recorded_at: self.recorded_at?,
         })
