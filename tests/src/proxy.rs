@@ -13,6 +13,7 @@ pub struct TcpProxy {
     pub port: u16,
     target: String,
     delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
     task: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
@@ -31,6 +32,7 @@ impl TcpProxy {
             port,
             target: target.to_owned(),
             delay_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            accepted: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             task: Arc::new(Mutex::new(None)),
         }
     }
@@ -63,13 +65,20 @@ impl TcpProxy {
             .expect("bind proxy port");
         let target = self.target.clone();
         let delay_ms = self.delay_ms.clone();
+        let accepted = self.accepted.clone();
         *slot = Some(tokio::spawn(async move {
+            // The forwarded connections live in this task's set: taking the proxy down drops
+            // it, which closes them, as a server going down would (kept-alive HTTP and SSH
+            // sessions included).
+            let mut connections = tokio::task::JoinSet::new();
             while let Ok((mut inbound, _)) = listener.accept().await {
+                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let target = target.clone();
                 let delay = std::time::Duration::from_millis(
                     delay_ms.load(std::sync::atomic::Ordering::SeqCst),
                 );
-                tokio::spawn(async move {
+                while connections.try_join_next().is_some() {}
+                connections.spawn(async move {
                     tokio::time::sleep(delay).await;
                     if let Ok(mut outbound) = TcpStream::connect(&target).await {
                         let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
@@ -79,7 +88,13 @@ impl TcpProxy {
         }));
     }
 
-    /// Stops accepting (new connections are refused).
+    /// How many connections the proxy has accepted since it was made.
+    #[must_use]
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Stops accepting (new connections are refused) and closes the forwarded ones.
     pub async fn down(&self) {
         if let Some(task) = self.task.lock().await.take() {
             task.abort();

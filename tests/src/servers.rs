@@ -5,6 +5,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use mpanel_adapters::provisioners::ssh::SshTarget;
 use uuid::Uuid;
 
 use crate::proxy::TcpProxy;
@@ -131,6 +132,18 @@ impl SshProxy {
             dir,
             known_hosts,
             port,
+        }
+    }
+
+    /// The stack's SSH host as reached through the proxy (its port, this known_hosts file).
+    #[must_use]
+    pub fn target(&self) -> SshTarget {
+        SshTarget {
+            host: "127.0.0.1".into(),
+            port: self.proxy.port,
+            user: env("SSH_USER"),
+            key_path: PathBuf::from(env("SSH_KEY_PATH")),
+            known_hosts_path: self.known_hosts.clone(),
         }
     }
 

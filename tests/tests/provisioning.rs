@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use mpanel_adapters::provisioners::mail::{LocalPart, MailConfig, SshMailProvisioner};
 use mpanel_domain::values::DomainName;
 use mpanel_tests::reliability::{self, Tally};
-use mpanel_tests::servers::{delete_zone, env, imap_login, powerdns_proxy, zone};
+use mpanel_tests::servers::{delete_zone, env, imap_login, powerdns_proxy, zone, SshProxy};
 use mpanel_tests::{unique_domain, TestApp};
 use secrecy::SecretString;
 use serde_json::Value;
@@ -452,4 +452,39 @@ async fn a_killed_server_and_a_flushed_queue_lose_no_order_and_repeat_no_side_ef
             ..Tally::default()
         },
     );
+}
+
+#[tokio::test]
+async fn ssh_sessions_are_kept_between_scripts_and_a_closed_one_is_replaced() {
+    let ssh = SshProxy::new();
+    ssh.proxy.up().await;
+    let target = ssh.target();
+    for i in 0..5 {
+        let out = target
+            .run_script("echo \"run $1\"", &[i.to_string()], None)
+            .await
+            .expect("script runs");
+        assert!(out.success(), "{out:?}");
+        assert_eq!(out.stdout.trim(), format!("run {i}"));
+    }
+    assert_eq!(ssh.proxy.accepted(), 1, "five scripts over one connection");
+
+    // The server drops every connection (a restart): the kept session is dead, and the next
+    // script opens a new one instead of failing.
+    ssh.proxy.down().await;
+    ssh.proxy.up().await;
+    let out = target
+        .run_script("echo again", &[], None)
+        .await
+        .expect("script runs after the server dropped the kept session");
+    assert_eq!(out.stdout.trim(), "again");
+    assert_eq!(ssh.proxy.accepted(), 2);
+
+    // Down for good: the kept session goes with the server, and the failure is a retryable one.
+    ssh.proxy.down().await;
+    let error = target
+        .run_script("echo never", &[], None)
+        .await
+        .expect_err("the server is down");
+    assert!(error.is_transient(), "{error}");
 }

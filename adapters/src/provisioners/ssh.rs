@@ -11,12 +11,16 @@
 //!   single-quoted by [`shell_quote`]: the remote login shell sees only literal strings, whatever
 //!   they contain. Standard input stays free for data that must not appear in a process list
 //!   (a password hash), because arguments are visible to `ps` on the remote host.
+//! - Authenticated sessions are kept open between scripts (per target, a few, for 30 s) and a
+//!   script runs on a fresh channel of one: the handshake costs far more than the script.
 //! - Failures are sorted into "worth retrying" (network, timeouts) and "retrying cannot help"
 //!   (host key, authentication, configuration), which is what the job's retry policy needs.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::path::{Path, PathBuf};
+use std::sync::{LazyLock, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use ssh2::{CheckResult, KnownHostFileKind, Session};
@@ -48,7 +52,7 @@ pub struct ProvisionerConfigError {
 
 /// Where and as whom to run provisioning scripts. Each provisioner has its own server (web, mail)
 /// but they usually share a key and known_hosts file, hence the prefixed/generic variables.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct SshTarget {
     /// Host name or IP address; also the name looked up in the known_hosts file.
     pub host: String,
@@ -410,6 +414,66 @@ fn authenticate(session: &Session, target: &SshTarget, addr: &str) -> Result<(),
     }
 }
 
+/// How many authenticated sessions to one target stay open between scripts.
+const IDLE_PER_TARGET: usize = 8;
+
+/// How long an idle session is kept: well under any server's idle timeout, so a kept session
+/// is almost always still open (one that is not costs a reconnect, not a failure).
+const IDLE_TTL: Duration = Duration::from_secs(30);
+
+/// An authenticated session waiting for its next script.
+struct Idle {
+    session: Session,
+    since: Instant,
+}
+
+/// Authenticated sessions kept open between scripts, per target. Opening one costs an SSH
+/// handshake, host-key check and authentication — about 200 ms of wall time and most of the
+/// server's CPU for a provisioning job (a fork and key exchange per connection) — while a
+/// script itself takes tens of milliseconds, so reusing them is what lets a server keep up
+/// with a burst of orders (docs/benchmarks.md). A session is only ever reused for the exact
+/// target (host, port, user, key and known_hosts file) it was verified and authenticated for.
+static IDLE: LazyLock<Mutex<HashMap<SshTarget, Vec<Idle>>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// An idle session for `target` that has not outlived [`IDLE_TTL`], if any.
+fn take_idle(target: &SshTarget) -> Option<Session> {
+    let mut idle = IDLE.lock().unwrap_or_else(PoisonError::into_inner);
+    let sessions = idle.get_mut(target)?;
+    sessions.retain(|i| i.since.elapsed() < IDLE_TTL);
+    sessions.pop().map(|i| i.session)
+}
+
+/// Keeps `session` for the next script to `target`, unless enough are kept already.
+fn keep_idle(target: &SshTarget, session: Session) {
+    let mut idle = IDLE.lock().unwrap_or_else(PoisonError::into_inner);
+    let sessions = idle.entry(target.clone()).or_default();
+    sessions.retain(|i| i.since.elapsed() < IDLE_TTL);
+    if sessions.len() < IDLE_PER_TARGET {
+        sessions.push(Idle {
+            session,
+            since: Instant::now(),
+        });
+    }
+}
+
+/// Connects, checks the host key and authenticates: a session ready for channels.
+fn open_session(target: &SshTarget, addr: &str) -> Result<Session, SshError> {
+    let tcp = connect(target, addr)?;
+    let handshake_error = |e: ssh2::Error| SshError::Handshake {
+        addr: addr.to_owned(),
+        reason: e.message().to_owned(),
+    };
+    let mut session = Session::new().map_err(handshake_error)?;
+    session.set_timeout(u32::try_from(SESSION_TIMEOUT.as_millis()).unwrap_or(u32::MAX));
+    session.set_tcp_stream(tcp);
+    session.handshake().map_err(handshake_error)?;
+    verify_host_key(&session, target, addr)?;
+    authenticate(&session, target, addr)?;
+    tracing::debug!("ssh session authenticated");
+    Ok(session)
+}
+
 fn run_blocking(
     target: &SshTarget,
     command: &str,
@@ -422,27 +486,27 @@ fn run_blocking(
         ));
     }
     let started = Instant::now();
-    let tcp = connect(target, &addr)?;
-
-    let handshake_error = |e: ssh2::Error| SshError::Handshake {
-        addr: addr.clone(),
-        reason: e.message().to_owned(),
-    };
-    let mut session = Session::new().map_err(handshake_error)?;
-    session.set_timeout(u32::try_from(SESSION_TIMEOUT.as_millis()).unwrap_or(u32::MAX));
-    session.set_tcp_stream(tcp);
-    session.handshake().map_err(handshake_error)?;
-    verify_host_key(&session, target, &addr)?;
-    authenticate(&session, target, &addr)?;
-    tracing::debug!("ssh session authenticated");
-
     let session_error = |doing: &str, reason: String| SshError::Session {
         addr: addr.clone(),
         reason: format!("{doing}: {reason}"),
     };
-    let mut channel = session
-        .channel_session()
-        .map_err(|e| session_error("opening a channel", e.message().to_owned()))?;
+    // A kept session the server has closed since fails to open a channel, before anything ran:
+    // it is dropped and a fresh one opened.
+    let kept = take_idle(target).and_then(|session| {
+        let channel = session.channel_session().ok()?;
+        Some((session, channel))
+    });
+    let reused = kept.is_some();
+    let (session, mut channel) = match kept {
+        Some(kept) => kept,
+        None => {
+            let session = open_session(target, &addr)?;
+            let channel = session
+                .channel_session()
+                .map_err(|e| session_error("opening a channel", e.message().to_owned()))?;
+            (session, channel)
+        }
+    };
     channel
         .exec(command)
         .map_err(|e| session_error("starting the script", e.message().to_owned()))?;
@@ -479,10 +543,13 @@ fn run_blocking(
     let status = channel
         .exit_status()
         .map_err(|e| session_error("reading the exit status", e.message().to_owned()))?;
-    // Best effort: the script has finished, a failed goodbye changes nothing.
-    let _ = session.disconnect(None, "done", None);
+    // The session did its job cleanly: keep it for the next script (a session that failed
+    // anywhere above is dropped, and its connection with it).
+    drop(channel);
+    keep_idle(target, session);
     tracing::info!(
         exit_status = status,
+        reused_session = reused,
         elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
         "remote script finished"
     );
