@@ -192,12 +192,13 @@ where
             .fetch(&mut *tx);
         let mut buf = Vec::with_capacity(1024);
         while let Some(row) = rows.try_next().await? {
-            let line = ExportLine::new(row.event.into(), &row.hash, &row.prev_hash).map_err(
-                |e| AuditError::Io {
-                    context: "decoding a stored payload",
-                    source: e.into(),
-                },
-            )?;
+            let line =
+                ExportLine::new(row.event.into(), &row.hash, &row.prev_hash).map_err(|e| {
+                    AuditError::Io {
+                        context: "decoding a stored payload",
+                        source: e.into(),
+                    }
+                })?;
             buf.clear();
             serde_json::to_writer(&mut buf, &line).map_err(|e| AuditError::Io {
                 context: "encoding an export line",

@@ -16,8 +16,10 @@
 //! They are also not kept prepared (`persistent(false)`), so each is planned for the table as
 //! it is — well under a millisecond per batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
+
+use uuid::Uuid;
 
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, SubscriberError};
@@ -72,6 +74,15 @@ pub(super) fn distinct<K: Ord>(keys: impl Iterator<Item = K>) -> Vec<K> {
     keys.sort_unstable();
     keys.dedup();
     keys
+}
+
+/// The keys among `keys` whose row may already exist: all but those whose aggregate was born
+/// in this batch (its event with sequence 1 is here). A row is only ever written by its
+/// aggregate's events and each event is applied once, so an aggregate with no event before
+/// this batch has no row: looking it up would only cost an index probe per key, which in a
+/// rebuild is nearly every key.
+pub(super) fn maybe_stored(keys: &[Uuid], born: &HashSet<Uuid>) -> Vec<Uuid> {
+    keys.iter().filter(|k| !born.contains(k)).copied().collect()
 }
 
 /// Blames a set-based statement's failure on the batch's first event (it cannot tell which

@@ -1,5 +1,7 @@
 //! Orders read model.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mpanel_domain::ids;
@@ -8,7 +10,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::aggregate_uuid;
-use super::batch::{blame, blame_first, distinct, Rows};
+use super::batch::{blame, blame_first, distinct, maybe_stored, Rows};
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
@@ -65,22 +67,31 @@ impl Projector for OrdersProjector {
         events: &[FeedEvent],
     ) -> Result<(), BatchFailure> {
         let mut decoded = Vec::new();
+        let mut born = HashSet::new();
         for event in events.iter().filter(|e| e.aggregate_type == "Order") {
             let id = aggregate_uuid(event).map_err(blame(event))?;
+            if event.sequence == 1 {
+                born.insert(id);
+            }
             decoded.push((id, event.decode::<OrderEvent>().map_err(blame(event))?));
         }
         if decoded.is_empty() {
             return Ok(());
         }
         let ids = distinct(decoded.iter().map(|(id, _)| *id));
-        let loaded: Vec<OrderRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM UNNEST($1::uuid[]) AS k (id) JOIN orders USING (id)"
-        ))
-        .persistent(false)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| blame_first(events)(e.into()))?;
+        let lookup = maybe_stored(&ids, &born);
+        let loaded: Vec<OrderRow> = if lookup.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM UNNEST($1::uuid[]) AS k (id) JOIN orders USING (id)"
+            ))
+            .persistent(false)
+            .bind(&lookup)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| blame_first(events)(e.into()))?
+        };
         let mut rows = Rows::new(ids, loaded.into_iter().map(|r| (r.id, r)).collect());
         for (id, event) in decoded {
             fold(rows.entry(&id), id, event);

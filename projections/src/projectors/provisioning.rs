@@ -10,7 +10,7 @@
 //! subscription has, so before one the pending rows are written out and the change runs as
 //! its own statements: the result is that of applying the events one by one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -64,14 +64,28 @@ impl Projector for ProvisioningProjector {
             ));
         }
         // Owners of the subscriptions whose outcomes this batch records, as the table has them.
-        let owned = distinct(decoded.iter().filter_map(|(_, _, e)| match e {
-            JobEvent::JobSucceeded {
-                subscription_id,
-                outcome,
-                ..
-            } if !matches!(outcome, StepOutcome::Changed { .. }) => Some(*subscription_id),
-            _ => None,
-        }));
+        // An outcome that follows its subscription's registration in this batch finds the
+        // owner there (a subscription has one domain), so only the others are looked up.
+        let mut registered = HashSet::new();
+        let mut owned = Vec::new();
+        for (_, _, e) in &decoded {
+            match e {
+                JobEvent::JobScheduled(s) if s.domain.is_some() => {
+                    registered.insert(s.subscription_id);
+                }
+                JobEvent::JobSucceeded {
+                    subscription_id,
+                    outcome,
+                    ..
+                } if !matches!(outcome, StepOutcome::Changed { .. })
+                    && !registered.contains(subscription_id) =>
+                {
+                    owned.push(*subscription_id);
+                }
+                _ => {}
+            }
+        }
+        let owned = distinct(owned.into_iter());
         let mut pending = Pending::default();
         if !owned.is_empty() {
             let rows: Vec<(Uuid, String, Uuid)> = sqlx::query_as(

@@ -1,5 +1,7 @@
 //! Subscriptions read model, with step progress.
 
+use std::collections::HashSet;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mpanel_domain::job::JobAction;
@@ -9,7 +11,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::aggregate_uuid;
-use super::batch::{blame, blame_first, distinct, int, Rows};
+use super::batch::{blame, blame_first, distinct, int, maybe_stored, Rows};
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
@@ -65,8 +67,12 @@ impl Projector for SubscriptionsProjector {
         events: &[FeedEvent],
     ) -> Result<(), BatchFailure> {
         let mut decoded = Vec::new();
+        let mut born = HashSet::new();
         for event in events.iter().filter(|e| e.aggregate_type == "Subscription") {
             let id = aggregate_uuid(event).map_err(blame(event))?;
+            if event.sequence == 1 {
+                born.insert(id);
+            }
             decoded.push((
                 id,
                 event.decode::<SubscriptionEvent>().map_err(blame(event))?,
@@ -76,14 +82,19 @@ impl Projector for SubscriptionsProjector {
             return Ok(());
         }
         let ids = distinct(decoded.iter().map(|(id, _)| *id));
-        let loaded: Vec<SubscriptionRow> = sqlx::query_as(&format!(
-            "SELECT {COLUMNS} FROM UNNEST($1::uuid[]) AS k (id) JOIN subscriptions USING (id)"
-        ))
-        .persistent(false)
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await
-        .map_err(|e| blame_first(events)(e.into()))?;
+        let lookup = maybe_stored(&ids, &born);
+        let loaded: Vec<SubscriptionRow> = if lookup.is_empty() {
+            Vec::new()
+        } else {
+            sqlx::query_as(&format!(
+                "SELECT {COLUMNS} FROM UNNEST($1::uuid[]) AS k (id) JOIN subscriptions USING (id)"
+            ))
+            .persistent(false)
+            .bind(&lookup)
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(|e| blame_first(events)(e.into()))?
+        };
         let mut rows = Rows::new(ids, loaded.into_iter().map(|r| (r.id, r)).collect());
         for (id, event) in decoded {
             fold(rows.entry(&id), id, event);
