@@ -88,10 +88,13 @@ fresh_db() {
   export DEMO_PRICE_ID=$PRICE
 }
 
+# wait_ready PORT [PATH] — waits for 200 from PATH (default /api/ready). An `api`-only process
+# waits for /api/live instead: with no pipeline running, the orders a phase placed leave the
+# feed subscribers behind, and /api/ready rightly answers 503 beyond READY_MAX_FEED_LAG_EVENTS.
 wait_ready() {
-  local port=$1 i
+  local port=$1 path=${2:-/api/ready} i
   for ((i = 0; i < 150; i++)); do
-    curl -fsS -o /dev/null "http://127.0.0.1:$port/api/ready" 2>/dev/null && return 0
+    curl -fsS -o /dev/null "http://127.0.0.1:$port$path" 2>/dev/null && return 0
     sleep 0.2
   done
   die "mpanel on $port did not become ready"
@@ -120,7 +123,7 @@ if ((profile)); then
   fresh_db
   start api "$BENCH_PORT" MPANEL_PROVISIONERS=instant MPANEL_ALLOW_FAKE_PROVISIONERS=1
   api_pid=$LAST_PID
-  wait_ready "$BENCH_PORT"
+  wait_ready "$BENCH_PORT" /api/live
   "$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --concurrency 16 --count 500 --label warmup >/dev/null
   stats() { "${PSQL[@]}" -d postgres -F' ' -c "SELECT xact_commit + xact_rollback, tup_returned, tup_fetched, tup_inserted FROM pg_stat_database WHERE datname = '$DB'"; }
   sleep 11 # backends flush their statistics at most after 10 s idle
@@ -175,7 +178,7 @@ fresh_db
 fake=(MPANEL_PROVISIONERS=instant MPANEL_ALLOW_FAKE_PROVISIONERS=1)
 start api "$BENCH_PORT" "${fake[@]}"
 api_pid=$LAST_PID
-wait_ready "$BENCH_PORT"
+wait_ready "$BENCH_PORT" /api/live
 for c in 1 16; do
   count=$([[ $c == 1 ]] && echo "$INTAKE_C1" || echo "$INTAKE_C16")
   res=$("$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --concurrency "$c" --count "$count" --label "intake_c$c")
@@ -191,7 +194,7 @@ R[intake_ratio_c16]=$(python3 -c "print(round(${R[intake_ops_c16]} / ${R[raw_ins
 # throughput and peak memory.
 start serve "$BENCH_PORT" "${fake[@]}"
 serve_pid=$LAST_PID
-wait_ready "$BENCH_PORT"
+wait_ready "$BENCH_PORT" /api/live
 res=$("$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --concurrency 16 --count "$INTAKE_C16" --label intake_c16_serve)
 echo "$res" >>"$OUT/loadgen.ndjson"
 R[intake_ops_c16_serve]=$(json_field opsPerSecond <<<"$res")
@@ -242,12 +245,16 @@ stop "$serve_pid"
 start serve "$BENCH_PORT"
 serve_pid=$LAST_PID
 wait_ready "$BENCH_PORT"
+real_mark=$("${PSQL[@]}" -d "$DB" -c "SELECT coalesce(max(global_position), 0) FROM events")
 activation_run "$REAL_RATE" "$REAL_SECS" activate_real
 R[activate_p50_ms_real]=$p50 R[activate_p99_ms_real]=$p99
 log "activation (real PowerDNS/sshd/Dovecot, $REAL_RATE/s, $n orders): p50 $p50 ms, p99 $p99 ms"
-# Remove the benchmark's zones again (hosting dirs and mailboxes stay in the stack's data dir).
-# Zones of the instant provisioners' phases never reached PowerDNS: their 404s are expected.
-for zone in $("${PSQL[@]}" -d "$DB" -c "SELECT zone FROM dns_zones"); do
+# Remove this phase's zones again (hosting dirs and mailboxes stay in the stack's data dir);
+# the instant provisioners' zones never reached PowerDNS (tens of thousands in a full run).
+for zone in $("${PSQL[@]}" -d "$DB" -c "SELECT z.zone FROM dns_zones z
+                 JOIN orders o ON o.subscription_id = z.subscription_id
+                 JOIN events e ON e.aggregate_type = 'Order' AND e.aggregate_id = o.id::text AND e.sequence = 1
+                 WHERE e.global_position > $real_mark"); do
   curl -fs -o /dev/null -X DELETE -H "X-API-Key: $POWERDNS_API_KEY" "$POWERDNS_API_URL/api/v1/servers/localhost/zones/$zone" || true
 done
 stop "$serve_pid"
@@ -256,12 +263,12 @@ stop "$serve_pid"
 fresh_db
 start api "$BENCH_PORT" "${fake[@]}"
 api1=$LAST_PID
-wait_ready "$BENCH_PORT"
+wait_ready "$BENCH_PORT" /api/live
 res=$("$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --concurrency 16 --count "$INTAKE_C16" --label intake_1api)
 R[intake_ops_c16_1api]=$(json_field opsPerSecond <<<"$res")
 start api "$BENCH_PORT2" "${fake[@]}"
 api2=$LAST_PID
-wait_ready "$BENCH_PORT2"
+wait_ready "$BENCH_PORT2" /api/live
 res=$("$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --url "http://127.0.0.1:$BENCH_PORT2" --concurrency 16 --count "$INTAKE_C16" --label intake_2api)
 R[intake_ops_c16_2api]=$(json_field opsPerSecond <<<"$res")
 for p in "$api1" "$api2"; do stop "$p"; done
