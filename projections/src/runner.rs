@@ -203,10 +203,30 @@ async fn lead(
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(CHANNEL).await?;
     let mut checkpoint = load_checkpoint(pool, name).await?;
+    // Whether the last read left nothing more to read: wait for a wake-up before the next.
+    let mut caught_up = false;
     loop {
         if *shutdown.borrow() {
             let _ = lock_conn.close().await;
             return Ok(Led::Stopped);
+        }
+        if caught_up {
+            // Notifications that arrived while the batch was processed are buffered, so an
+            // append during it wakes this at once. A projector then lingers, so one
+            // transaction covers the appends of `projector_linger` instead of one each (a
+            // projector that re-read at once after every batch read the feed dozens of times
+            // per order under load: docs/benchmarks.md).
+            tokio::select! {
+                _ = listener.recv() => {}
+                () = tokio::time::sleep(config.poll_interval) => {}
+                _ = shutdown.changed() => {}
+            }
+            if matches!(subscriber, Subscriber::Projector(_)) && !config.projector_linger.is_zero()
+            {
+                sleep_or_shutdown(config.projector_linger, shutdown).await;
+            }
+            caught_up = false;
+            continue;
         }
         // Still leading? A dead lock connection means the lock is gone too (the query fails).
         // And a rebuild about to swap this subscriber's tables holds its handover lock: step
@@ -221,19 +241,16 @@ async fn lead(
         }
         let events = read_after(pool, checkpoint, config.batch_size).await?;
         if events.is_empty() {
-            tokio::select! {
-                _ = listener.recv() => {}
-                () = tokio::time::sleep(config.poll_interval) => {}
-                _ = shutdown.changed() => {}
-            }
-            if matches!(subscriber, Subscriber::Projector(_)) && !config.projector_linger.is_zero()
-            {
-                sleep_or_shutdown(config.projector_linger, shutdown).await;
-            }
+            caught_up = true;
             continue;
         }
+        // A short batch was everything there was to read (as of its snapshot).
+        let short = i64::try_from(events.len()).unwrap_or(i64::MAX) < config.batch_size;
         match process_in_lanes(pool, subscriber, checkpoint, &events, config.reactor_lanes).await {
-            Ok(next) => checkpoint = next,
+            Ok(next) => {
+                checkpoint = next;
+                caught_up = short;
+            }
             Err(Failure {
                 at,
                 error,
