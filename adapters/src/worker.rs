@@ -251,7 +251,7 @@ impl Worker {
     }
 
     /// Takes the lease from the `history` just read (no second load), runs the step, records
-    /// the outcome.
+    /// the outcome on top of the history it leased from (no load either).
     async fn attempt(
         &self,
         job_id: Uuid,
@@ -348,7 +348,17 @@ impl Worker {
         };
         let took = attempt_started.elapsed();
         let step = spec.step.as_str();
-        match self.bus.jobs.execute(job_id, command, &metadata).await {
+        // The job's history as of the lease: what was read plus what `Start` wrote. A cancel
+        // (or anything else) appended meanwhile makes this conflict, and the bus then decides
+        // again from a fresh load.
+        let leased: Vec<EventEnvelope<Job>> =
+            history.iter().cloned().chain(started.events).collect();
+        match self
+            .bus
+            .jobs
+            .execute_after(job_id, &leased, command, &metadata)
+            .await
+        {
             Ok(recorded) => {
                 let outcome = if run == JobRun::Succeeded {
                     "succeeded"
