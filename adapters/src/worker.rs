@@ -467,11 +467,13 @@ pub async fn sweep(
 /// Jobs to ring for. A freshly scheduled job was rung by the saga already, so it only counts
 /// after a 5 s grace; a retry whose time came is rung by nobody else; an expired lease means
 /// its worker died (or was taken with a clock far ahead). A cancelled job never starts again, so
-/// it is never rung.
+/// it is never rung. The first line is the predicate of the partial index `jobs_unfinished`,
+/// so a sweep reads the unfinished jobs only, not every job ever run.
 async fn due_jobs(pool: &PgPool, lease: Duration) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM jobs \
-         WHERE NOT cancelled AND ((status = 'SCHEDULED' AND due_at <= now() - interval '5 seconds') \
+         WHERE status IN ('SCHEDULED', 'RETRY_WAITING', 'RUNNING') AND NOT cancelled \
+           AND ((status = 'SCHEDULED' AND due_at <= now() - interval '5 seconds') \
             OR (status = 'RETRY_WAITING' AND due_at <= now()) \
             OR (status = 'RUNNING' AND (lease_expires_at < now() \
                 OR lease_expires_at > now() + make_interval(secs => $1)))) \

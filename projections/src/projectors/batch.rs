@@ -2,19 +2,19 @@
 //!
 //! One statement per event costs ~50–100 µs of Postgres CPU, which caps a rebuild near 10 k
 //! events/s (docs/benchmarks.md). The projectors whose rows are keyed by the event's aggregate
-//! therefore apply a batch as **load, fold, store**: one `SELECT … FROM UNNEST($1) JOIN …` for
-//! the rows the batch touches, every event folded into those rows in memory in feed order (the
+//! therefore apply a batch as **load, fold, store**: one `SELECT … WHERE id = ANY($1)` for the
+//! rows the batch touches, every event folded into those rows in memory in feed order (the
 //! fold is the only place the projection's rules live), and one `INSERT … SELECT … FROM
 //! UNNEST(…) ON CONFLICT … DO UPDATE` for the rows that changed. Applying one event is the
 //! same code with a batch of one, so the live runner, a rebuild and a replay cannot disagree.
 //!
-//! The statements that *find* rows by a list of keys join the list (`UNNEST($1) JOIN t`)
-//! rather than filter by it (`WHERE id = ANY($1)`): for the filter, a prepared statement's
-//! generic plan made while the table was small (a fresh install, a rebuild's new tables), or a
-//! long key list against a table of moderate size, scans the whole table, and a 1 M-event
-//! rebuild spent most of its time in those scans; the join probes the key's index per key.
-//! They are also not kept prepared (`persistent(false)`), so each is planned for the table as
-//! it is — well under a millisecond per batch.
+//! The statements that *find* rows by a list of keys (`WHERE id = ANY($1)`) are not kept
+//! prepared (`persistent(false)`), so each is planned for its actual list against the table's
+//! current statistics: a prepared statement's generic plan, made while a table was small,
+//! scans the whole table for the life of the connection, and a join against `UNNEST($1)`
+//! (estimated at 100 keys whatever the list) turned into a hash join over the whole table
+//! once per batch — over 400 rows read per order from `domains` alone, growing with it. The
+//! lists are short: aggregates born in the batch are not looked up at all.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;

@@ -88,14 +88,12 @@ impl Projector for JobsProjector {
         let loaded: Vec<JobRow> = if lookup.is_empty() {
             Vec::new()
         } else {
-            sqlx::query_as(&format!(
-                "SELECT {COLUMNS} FROM UNNEST($1::uuid[]) AS k (id) JOIN jobs USING (id)"
-            ))
-            .persistent(false)
-            .bind(&lookup)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| blame_first(events)(e.into()))?
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ANY($1)"))
+                .persistent(false)
+                .bind(&lookup)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| blame_first(events)(e.into()))?
         };
         let mut rows = Rows::new(ids, loaded.into_iter().map(|r| (r.id, r)).collect());
         for (id, at, event) in decoded {

@@ -83,14 +83,12 @@ impl Projector for OrdersProjector {
         let loaded: Vec<OrderRow> = if lookup.is_empty() {
             Vec::new()
         } else {
-            sqlx::query_as(&format!(
-                "SELECT {COLUMNS} FROM UNNEST($1::uuid[]) AS k (id) JOIN orders USING (id)"
-            ))
-            .persistent(false)
-            .bind(&lookup)
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(|e| blame_first(events)(e.into()))?
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = ANY($1)"))
+                .persistent(false)
+                .bind(&lookup)
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(|e| blame_first(events)(e.into()))?
         };
         let mut rows = Rows::new(ids, loaded.into_iter().map(|r| (r.id, r)).collect());
         for (id, event) in decoded {

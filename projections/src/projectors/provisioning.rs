@@ -90,7 +90,7 @@ impl Projector for ProvisioningProjector {
         if !owned.is_empty() {
             let rows: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
                 "SELECT DISTINCT ON (subscription_id) subscription_id, domain, tenant_id \
-                 FROM UNNEST($1::uuid[]) AS k (subscription_id) JOIN domains USING (subscription_id) \
+                 FROM domains WHERE subscription_id = ANY($1) \
                  ORDER BY subscription_id",
             )
             .persistent(false)
@@ -335,7 +335,7 @@ impl Pending {
             .bind(zones.iter().map(|(_, z)| z.owner.at).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await?;
-            sqlx::query("DELETE FROM dns_records WHERE zone IN (SELECT unnest($1::text[]))")
+            sqlx::query("DELETE FROM dns_records WHERE zone = ANY($1)")
                 .persistent(false)
                 .bind(zones.iter().map(|(z, _)| z.as_str()).collect::<Vec<_>>())
                 .execute(&mut *tx)

@@ -87,7 +87,7 @@ impl Projector for SubscriptionsProjector {
             Vec::new()
         } else {
             sqlx::query_as(&format!(
-                "SELECT {COLUMNS} FROM UNNEST($1::uuid[]) AS k (id) JOIN subscriptions USING (id)"
+                "SELECT {COLUMNS} FROM subscriptions WHERE id = ANY($1)"
             ))
             .persistent(false)
             .bind(&lookup)
