@@ -5,6 +5,8 @@
 //! re-rings for every due job whose entry was lost — worker killed before `XACK`, Redis flushed
 //! or restarted — so losing Redis loses latency, never work.
 
+use std::collections::HashMap;
+
 use fred::prelude::*;
 use fred::types::streams::XCap;
 use uuid::Uuid;
@@ -175,6 +177,28 @@ impl JobQueue {
     /// When Redis is unreachable.
     pub async fn depth(&self) -> Result<u64, QueueError> {
         Ok(self.client.xlen(self.stream.as_str()).await?)
+    }
+
+    /// Entries rung but not yet read by the workers' group (Redis's `lag`): the bells the
+    /// workers have still to hear. `None` when Redis cannot tell (a trimmed stream, an old
+    /// Redis); 0 when there is no stream or no group yet.
+    ///
+    /// # Errors
+    /// When Redis is unreachable.
+    pub async fn undelivered(&self) -> Result<Option<u64>, QueueError> {
+        let groups: Vec<HashMap<String, Value>> =
+            match self.client.xinfo_groups(self.stream.as_str()).await {
+                Ok(groups) => groups,
+                Err(e) if e.details().contains("no such key") => return Ok(Some(0)),
+                Err(e) => return Err(e.into()),
+            };
+        let Some(group) = groups
+            .iter()
+            .find(|g| g.get("name").and_then(Value::as_str).as_deref() == Some(GROUP))
+        else {
+            return Ok(Some(0));
+        };
+        Ok(group.get("lag").and_then(Value::as_u64))
     }
 
     /// Round trip to Redis.

@@ -437,7 +437,13 @@ pub async fn sweep(
 ) {
     let mut last_rung: HashMap<Uuid, tokio::time::Instant> = HashMap::new();
     while !*shutdown.borrow() {
-        match due_jobs(&pool, lease).await {
+        // While the workers have bells still to hear, a scheduled job is almost surely among
+        // them (the saga rang it): ringing it again only queues a duplicate behind the backlog,
+        // and under a burst those duplicates were most of the queue — new orders' jobs waited
+        // behind tens of thousands of them (docs/benchmarks.md). A lost bell is rung once the
+        // workers have caught up. Retries and expired leases nobody else rings: always rung.
+        let backlog = matches!(queue.undelivered().await, Ok(Some(n)) if n > 0);
+        match due_jobs(&pool, lease, !backlog).await {
             Ok(due) => {
                 let now = tokio::time::Instant::now();
                 last_rung.retain(|id, _| due.contains(id));
@@ -465,21 +471,26 @@ pub async fn sweep(
 }
 
 /// Jobs to ring for. A freshly scheduled job was rung by the saga already, so it only counts
-/// after a 5 s grace; a retry whose time came is rung by nobody else; an expired lease means
+/// after a 5 s grace, and only when `scheduled` (no backlog of bells); a retry whose time came is rung by nobody else; an expired lease means
 /// its worker died (or was taken with a clock far ahead). A cancelled job never starts again, so
 /// it is never rung. The first line is the predicate of the partial index `jobs_unfinished`,
 /// so a sweep reads the unfinished jobs only, not every job ever run.
-async fn due_jobs(pool: &PgPool, lease: Duration) -> Result<Vec<Uuid>, sqlx::Error> {
+async fn due_jobs(
+    pool: &PgPool,
+    lease: Duration,
+    scheduled: bool,
+) -> Result<Vec<Uuid>, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT id FROM jobs \
          WHERE status IN ('SCHEDULED', 'RETRY_WAITING', 'RUNNING') AND NOT cancelled \
-           AND ((status = 'SCHEDULED' AND due_at <= now() - interval '5 seconds') \
+           AND ((status = 'SCHEDULED' AND $2 AND due_at <= now() - interval '5 seconds') \
             OR (status = 'RETRY_WAITING' AND due_at <= now()) \
             OR (status = 'RUNNING' AND (lease_expires_at < now() \
                 OR lease_expires_at > now() + make_interval(secs => $1)))) \
          ORDER BY due_at NULLS FIRST LIMIT 1000",
     )
     .bind(lease.as_secs_f64() * 2.0)
+    .bind(scheduled)
     .fetch_all(pool)
     .await
 }

@@ -99,3 +99,26 @@ async fn a_dispatch_reaches_a_worker_already_blocked_in_its_read() {
     );
     redis_cli(&["DEL", &format!("{prefix}:jobs")]);
 }
+
+#[tokio::test]
+async fn undelivered_counts_the_bells_the_workers_have_not_heard() {
+    let prefix = format!("mpanel-qtest-{}", Uuid::new_v4().simple());
+    let queue = JobQueue::connect(&redis_url(), &prefix)
+        .await
+        .expect("connect");
+    // Nothing rung yet: nothing to hear.
+    redis_cli(&["DEL", &format!("{prefix}:jobs")]);
+    assert_eq!(queue.undelivered().await.expect("no stream"), Some(0));
+    queue.ensure_group().await.expect("group");
+    for _ in 0..5 {
+        queue.dispatch(Uuid::new_v4()).await.expect("dispatch");
+    }
+    assert_eq!(queue.undelivered().await.expect("lag"), Some(5));
+    let got = queue.receive("w1", 3, 100).await.expect("receive");
+    assert_eq!(got.len(), 3);
+    // Read is heard, whether acknowledged yet or not.
+    assert_eq!(queue.undelivered().await.expect("lag"), Some(2));
+    queue.receive("w1", 10, 100).await.expect("receive");
+    assert_eq!(queue.undelivered().await.expect("lag"), Some(0));
+    redis_cli(&["DEL", &format!("{prefix}:jobs")]);
+}
