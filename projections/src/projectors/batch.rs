@@ -19,8 +19,12 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 
+use serde::de::DeserializeOwned;
+use sqlx::postgres::PgRow;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
+use super::aggregate_uuid;
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, SubscriberError};
 
@@ -76,12 +80,68 @@ pub(super) fn distinct<K: Ord>(keys: impl Iterator<Item = K>) -> Vec<K> {
     keys
 }
 
+/// A batch's events of one aggregate type, decoded, each with its aggregate id and the event
+/// as read; `born` holds the aggregates whose sequence-1 event is among them.
+pub(super) struct Decoded<'a, E> {
+    pub(super) events: Vec<(Uuid, &'a FeedEvent, E)>,
+    pub(super) born: HashSet<Uuid>,
+}
+
+/// Decodes the events of `aggregate_type` in `events` (the others are not this projector's).
+pub(super) fn decode<'a, E: DeserializeOwned>(
+    events: &'a [FeedEvent],
+    aggregate_type: &str,
+) -> Result<Decoded<'a, E>, BatchFailure> {
+    let mut decoded = Decoded {
+        events: Vec::new(),
+        born: HashSet::new(),
+    };
+    for event in events.iter().filter(|e| e.aggregate_type == aggregate_type) {
+        let id = aggregate_uuid(event).map_err(blame(event))?;
+        if event.sequence == 1 {
+            decoded.born.insert(id);
+        }
+        decoded
+            .events
+            .push((id, event, event.decode::<E>().map_err(blame(event))?));
+    }
+    Ok(decoded)
+}
+
+/// The rows of `decoded`'s aggregates, loaded with `select` (rows by `id = ANY($1)`) for the
+/// ones that may exist, the others missing.
+pub(super) async fn load<E, R>(
+    tx: &mut PgConnection,
+    select: &str,
+    decoded: &Decoded<'_, E>,
+    key: impl Fn(&R) -> Uuid,
+) -> Result<Rows<Uuid, R>, sqlx::Error>
+where
+    R: for<'r> sqlx::FromRow<'r, PgRow> + Send + Unpin,
+{
+    let ids = distinct(decoded.events.iter().map(|(id, ..)| *id));
+    let lookup = maybe_stored(&ids, &decoded.born);
+    let loaded: Vec<R> = if lookup.is_empty() {
+        Vec::new()
+    } else {
+        sqlx::query_as(select)
+            .persistent(false)
+            .bind(&lookup)
+            .fetch_all(&mut *tx)
+            .await?
+    };
+    Ok(Rows::new(
+        ids,
+        loaded.into_iter().map(|r| (key(&r), r)).collect(),
+    ))
+}
+
 /// The keys among `keys` whose row may already exist: all but those whose aggregate was born
 /// in this batch (its event with sequence 1 is here). A row is only ever written by its
 /// aggregate's events and each event is applied once, so an aggregate with no event before
 /// this batch has no row: looking it up would only cost an index probe per key, which in a
 /// rebuild is nearly every key.
-pub(super) fn maybe_stored(keys: &[Uuid], born: &HashSet<Uuid>) -> Vec<Uuid> {
+fn maybe_stored(keys: &[Uuid], born: &HashSet<Uuid>) -> Vec<Uuid> {
     keys.iter().filter(|k| !born.contains(k)).copied().collect()
 }
 

@@ -1,7 +1,5 @@
 //! Jobs read model: status, attempts, last error and next run.
 
-use std::collections::HashSet;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mpanel_domain::job::{JobEvent, JobStatus};
@@ -9,8 +7,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::aggregate_uuid;
-use super::batch::{blame, blame_first, distinct, int, maybe_stored, Rows};
+use super::batch::{self, blame_first, int};
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
@@ -67,37 +64,16 @@ impl Projector for JobsProjector {
         tx: &mut PgConnection,
         events: &[FeedEvent],
     ) -> Result<(), BatchFailure> {
-        let mut decoded = Vec::new();
-        let mut born = HashSet::new();
-        for event in events.iter().filter(|e| e.aggregate_type == "Job") {
-            let id = aggregate_uuid(event).map_err(blame(event))?;
-            if event.sequence == 1 {
-                born.insert(id);
-            }
-            decoded.push((
-                id,
-                event.recorded_at,
-                event.decode::<JobEvent>().map_err(blame(event))?,
-            ));
-        }
-        if decoded.is_empty() {
+        let decoded = batch::decode::<JobEvent>(events, "Job")?;
+        if decoded.events.is_empty() {
             return Ok(());
         }
-        let ids = distinct(decoded.iter().map(|(id, ..)| *id));
-        let lookup = maybe_stored(&ids, &born);
-        let loaded: Vec<JobRow> = if lookup.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM jobs WHERE id = ANY($1)"))
-                .persistent(false)
-                .bind(&lookup)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| blame_first(events)(e.into()))?
-        };
-        let mut rows = Rows::new(ids, loaded.into_iter().map(|r| (r.id, r)).collect());
-        for (id, at, event) in decoded {
-            fold(rows.entry(&id), id, at, event).map_err(blame_first(events))?;
+        let select = format!("SELECT {COLUMNS} FROM jobs WHERE id = ANY($1)");
+        let mut rows = batch::load(tx, &select, &decoded, |r: &JobRow| r.id)
+            .await
+            .map_err(|e| blame_first(events)(e.into()))?;
+        for (id, event, decoded) in decoded.events {
+            fold(rows.entry(&id), id, event.recorded_at, decoded).map_err(blame_first(events))?;
         }
         store(tx, rows.into_changed())
             .await

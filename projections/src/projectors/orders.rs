@@ -1,7 +1,5 @@
 //! Orders read model.
 
-use std::collections::HashSet;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mpanel_domain::ids;
@@ -9,8 +7,7 @@ use mpanel_domain::order::{OrderEvent, OrderStatus};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::aggregate_uuid;
-use super::batch::{blame, blame_first, distinct, maybe_stored, Rows};
+use super::batch::{self, blame_first};
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
@@ -66,32 +63,15 @@ impl Projector for OrdersProjector {
         tx: &mut PgConnection,
         events: &[FeedEvent],
     ) -> Result<(), BatchFailure> {
-        let mut decoded = Vec::new();
-        let mut born = HashSet::new();
-        for event in events.iter().filter(|e| e.aggregate_type == "Order") {
-            let id = aggregate_uuid(event).map_err(blame(event))?;
-            if event.sequence == 1 {
-                born.insert(id);
-            }
-            decoded.push((id, event.decode::<OrderEvent>().map_err(blame(event))?));
-        }
-        if decoded.is_empty() {
+        let decoded = batch::decode::<OrderEvent>(events, "Order")?;
+        if decoded.events.is_empty() {
             return Ok(());
         }
-        let ids = distinct(decoded.iter().map(|(id, _)| *id));
-        let lookup = maybe_stored(&ids, &born);
-        let loaded: Vec<OrderRow> = if lookup.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_as(&format!("SELECT {COLUMNS} FROM orders WHERE id = ANY($1)"))
-                .persistent(false)
-                .bind(&lookup)
-                .fetch_all(&mut *tx)
-                .await
-                .map_err(|e| blame_first(events)(e.into()))?
-        };
-        let mut rows = Rows::new(ids, loaded.into_iter().map(|r| (r.id, r)).collect());
-        for (id, event) in decoded {
+        let select = format!("SELECT {COLUMNS} FROM orders WHERE id = ANY($1)");
+        let mut rows = batch::load(tx, &select, &decoded, |r: &OrderRow| r.id)
+            .await
+            .map_err(|e| blame_first(events)(e.into()))?;
+        for (id, _, event) in decoded.events {
             fold(rows.entry(&id), id, event);
         }
         store(tx, rows.into_changed())

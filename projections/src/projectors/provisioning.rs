@@ -19,8 +19,7 @@ use mpanel_domain::step::ProvisioningStep;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::aggregate_uuid;
-use super::batch::{blame, blame_first, distinct, int};
+use super::batch::{self, blame, blame_first, distinct, int};
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
@@ -54,15 +53,7 @@ impl Projector for ProvisioningProjector {
         tx: &mut PgConnection,
         events: &[FeedEvent],
     ) -> Result<(), BatchFailure> {
-        let mut decoded = Vec::new();
-        for event in events.iter().filter(|e| e.aggregate_type == "Job") {
-            let job_id = aggregate_uuid(event).map_err(blame(event))?;
-            decoded.push((
-                event,
-                job_id,
-                event.decode::<JobEvent>().map_err(blame(event))?,
-            ));
-        }
+        let decoded = batch::decode::<JobEvent>(events, "Job")?.events;
         // Owners of the subscriptions whose outcomes this batch records, as the table has them.
         // An outcome that follows its subscription's registration in this batch finds the
         // owner there (a subscription has one domain), so only the others are looked up.
@@ -100,7 +91,7 @@ impl Projector for ProvisioningProjector {
             .map_err(|e| blame_first(events)(e.into()))?;
             pending.stored_owners = rows.into_iter().map(|(s, d, t)| (s, (d, t))).collect();
         }
-        for (event, job_id, decoded) in decoded {
+        for (job_id, event, decoded) in decoded {
             let at = event.recorded_at;
             match decoded {
                 JobEvent::JobScheduled(s) => {

@@ -1,7 +1,5 @@
 //! Subscriptions read model, with step progress.
 
-use std::collections::HashSet;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mpanel_domain::job::JobAction;
@@ -10,8 +8,7 @@ use mpanel_domain::subscription::{SubscriptionEvent, SubscriptionStatus};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::aggregate_uuid;
-use super::batch::{blame, blame_first, distinct, int, maybe_stored, Rows};
+use super::batch::{self, blame_first, int};
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
@@ -66,37 +63,15 @@ impl Projector for SubscriptionsProjector {
         tx: &mut PgConnection,
         events: &[FeedEvent],
     ) -> Result<(), BatchFailure> {
-        let mut decoded = Vec::new();
-        let mut born = HashSet::new();
-        for event in events.iter().filter(|e| e.aggregate_type == "Subscription") {
-            let id = aggregate_uuid(event).map_err(blame(event))?;
-            if event.sequence == 1 {
-                born.insert(id);
-            }
-            decoded.push((
-                id,
-                event.decode::<SubscriptionEvent>().map_err(blame(event))?,
-            ));
-        }
-        if decoded.is_empty() {
+        let decoded = batch::decode::<SubscriptionEvent>(events, "Subscription")?;
+        if decoded.events.is_empty() {
             return Ok(());
         }
-        let ids = distinct(decoded.iter().map(|(id, _)| *id));
-        let lookup = maybe_stored(&ids, &born);
-        let loaded: Vec<SubscriptionRow> = if lookup.is_empty() {
-            Vec::new()
-        } else {
-            sqlx::query_as(&format!(
-                "SELECT {COLUMNS} FROM subscriptions WHERE id = ANY($1)"
-            ))
-            .persistent(false)
-            .bind(&lookup)
-            .fetch_all(&mut *tx)
+        let select = format!("SELECT {COLUMNS} FROM subscriptions WHERE id = ANY($1)");
+        let mut rows = batch::load(tx, &select, &decoded, |r: &SubscriptionRow| r.id)
             .await
-            .map_err(|e| blame_first(events)(e.into()))?
-        };
-        let mut rows = Rows::new(ids, loaded.into_iter().map(|r| (r.id, r)).collect());
-        for (id, event) in decoded {
+            .map_err(|e| blame_first(events)(e.into()))?;
+        for (id, _, event) in decoded.events {
             fold(rows.entry(&id), id, event);
         }
         store(tx, rows.into_changed())
