@@ -145,6 +145,18 @@ fn maybe_stored(keys: &[Uuid], born: &HashSet<Uuid>) -> Vec<Uuid> {
     keys.iter().filter(|k| !born.contains(k)).copied().collect()
 }
 
+/// One column of `rows`, as a parameter of `UNNEST` (which takes a table column by column).
+pub(super) fn column<'a, R, T>(rows: &'a [R], value: impl Fn(&'a R) -> T) -> Vec<T> {
+    rows.iter().map(value).collect()
+}
+
+/// A `text[]` value of one row as a JSON array: `UNNEST` flattens nested arrays, so a column of
+/// arrays travels as `jsonb[]` and the statement turns each back with
+/// `ARRAY(SELECT jsonb_array_elements_text(…))` (no separator is safe in DNS record contents).
+pub(super) fn text_array(items: &[String]) -> serde_json::Value {
+    serde_json::Value::from(items.to_vec())
+}
+
 /// Blames a set-based statement's failure on the batch's first event (it cannot tell which
 /// event's row it was), so the runner records a position that is in the batch.
 pub(super) fn blame_first(events: &[FeedEvent]) -> impl Fn(SubscriberError) -> BatchFailure + '_ {

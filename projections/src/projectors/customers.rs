@@ -9,7 +9,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::aggregate_uuid;
-use super::batch::{blame, blame_first};
+use super::batch::{blame, blame_first, column};
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
@@ -80,12 +80,12 @@ impl Projector for CustomersProjector {
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::uuid[], $5::int[], $6::timestamptz[]) \
              ON CONFLICT (id) DO UPDATE SET orders_count = customers.orders_count + EXCLUDED.orders_count",
         )
-        .bind(seen.iter().map(|s| s.id).collect::<Vec<_>>())
-        .bind(seen.iter().map(|s| s.tenant_id).collect::<Vec<_>>())
-        .bind(seen.iter().map(|s| s.email.clone()).collect::<Vec<_>>())
-        .bind(seen.iter().map(|s| s.first_order_id).collect::<Vec<_>>())
-        .bind(seen.iter().map(|s| s.orders).collect::<Vec<_>>())
-        .bind(seen.iter().map(|s| s.created_at).collect::<Vec<_>>())
+        .bind(column(&seen, |s| s.id))
+        .bind(column(&seen, |s| s.tenant_id))
+        .bind(column(&seen, |s| s.email.clone()))
+        .bind(column(&seen, |s| s.first_order_id))
+        .bind(column(&seen, |s| s.orders))
+        .bind(column(&seen, |s| s.created_at))
         .execute(&mut *tx)
         .await
         .map_err(|e| blame_first(events)(e.into()))?;

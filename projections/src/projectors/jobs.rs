@@ -7,7 +7,7 @@ use serde_json::Value;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::batch::{self, blame_first, int};
+use super::batch::{self, blame_first, column, int};
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
@@ -181,29 +181,6 @@ async fn store(tx: &mut PgConnection, rows: Vec<JobRow>) -> Result<(), sqlx::Err
     if rows.is_empty() {
         return Ok(());
     }
-    let mut c = Columns::default();
-    for r in rows {
-        c.id.push(r.id);
-        c.subscription_id.push(r.subscription_id);
-        c.order_id.push(r.order_id);
-        c.tenant_id.push(r.tenant_id);
-        c.step.push(r.step);
-        c.domain.push(r.domain);
-        c.status.push(r.status);
-        c.series.push(r.series);
-        c.attempts.push(r.attempts);
-        c.max_attempts.push(r.max_attempts);
-        c.due_at.push(r.due_at);
-        c.lease_expires_at.push(r.lease_expires_at);
-        c.worker.push(r.worker);
-        c.last_error.push(r.last_error);
-        c.outcome.push(r.outcome);
-        c.scheduled_at.push(r.scheduled_at);
-        c.updated_at.push(r.updated_at);
-        c.action.push(r.action);
-        c.generation.push(r.generation);
-        c.cancelled.push(r.cancelled);
-    }
     sqlx::query(&format!(
         "INSERT INTO jobs ({COLUMNS}) \
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::uuid[], $5::text[], $6::text[], \
@@ -216,52 +193,27 @@ async fn store(tx: &mut PgConnection, rows: Vec<JobRow>) -> Result<(), sqlx::Err
            last_error = EXCLUDED.last_error, outcome = EXCLUDED.outcome, \
            updated_at = EXCLUDED.updated_at, cancelled = EXCLUDED.cancelled"
     ))
-    .bind(c.id)
-    .bind(c.subscription_id)
-    .bind(c.order_id)
-    .bind(c.tenant_id)
-    .bind(c.step)
-    .bind(c.domain)
-    .bind(c.status)
-    .bind(c.series)
-    .bind(c.attempts)
-    .bind(c.max_attempts)
-    .bind(c.due_at)
-    .bind(c.lease_expires_at)
-    .bind(c.worker)
-    .bind(c.last_error)
-    .bind(c.outcome)
-    .bind(c.scheduled_at)
-    .bind(c.updated_at)
-    .bind(c.action)
-    .bind(c.generation)
-    .bind(c.cancelled)
+    .bind(column(&rows, |r| r.id))
+    .bind(column(&rows, |r| r.subscription_id))
+    .bind(column(&rows, |r| r.order_id))
+    .bind(column(&rows, |r| r.tenant_id))
+    .bind(column(&rows, |r| r.step.as_str()))
+    .bind(column(&rows, |r| r.domain.as_deref()))
+    .bind(column(&rows, |r| r.status.as_str()))
+    .bind(column(&rows, |r| r.series))
+    .bind(column(&rows, |r| r.attempts))
+    .bind(column(&rows, |r| r.max_attempts))
+    .bind(column(&rows, |r| r.due_at))
+    .bind(column(&rows, |r| r.lease_expires_at))
+    .bind(column(&rows, |r| r.worker.as_deref()))
+    .bind(column(&rows, |r| r.last_error.as_deref()))
+    .bind(column(&rows, |r| r.outcome.as_ref()))
+    .bind(column(&rows, |r| r.scheduled_at))
+    .bind(column(&rows, |r| r.updated_at))
+    .bind(column(&rows, |r| r.action.as_str()))
+    .bind(column(&rows, |r| r.generation))
+    .bind(column(&rows, |r| r.cancelled))
     .execute(&mut *tx)
     .await?;
     Ok(())
-}
-
-/// [`JobRow`]s column by column, as `UNNEST` takes them.
-#[derive(Default)]
-struct Columns {
-    id: Vec<Uuid>,
-    subscription_id: Vec<Uuid>,
-    order_id: Vec<Uuid>,
-    tenant_id: Vec<Uuid>,
-    step: Vec<String>,
-    domain: Vec<Option<String>>,
-    status: Vec<String>,
-    series: Vec<i32>,
-    attempts: Vec<i32>,
-    max_attempts: Vec<i32>,
-    due_at: Vec<Option<DateTime<Utc>>>,
-    lease_expires_at: Vec<Option<DateTime<Utc>>>,
-    worker: Vec<Option<String>>,
-    last_error: Vec<Option<String>>,
-    outcome: Vec<Option<Value>>,
-    scheduled_at: Vec<DateTime<Utc>>,
-    updated_at: Vec<DateTime<Utc>>,
-    action: Vec<String>,
-    generation: Vec<i32>,
-    cancelled: Vec<bool>,
 }

@@ -7,7 +7,7 @@ use mpanel_domain::order::{OrderEvent, OrderStatus};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::batch::{self, blame_first};
+use super::batch::{self, blame_first, column};
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
@@ -130,27 +130,6 @@ async fn store(tx: &mut PgConnection, rows: Vec<OrderRow>) -> Result<(), sqlx::E
     if rows.is_empty() {
         return Ok(());
     }
-    let mut c = Columns::default();
-    for r in rows {
-        c.id.push(r.id);
-        c.tenant_id.push(r.tenant_id);
-        c.customer_id.push(r.customer_id);
-        c.customer_email.push(r.customer_email);
-        c.product_id.push(r.product_id);
-        c.product_name.push(r.product_name);
-        c.price_id.push(r.price_id);
-        c.amount_minor.push(r.amount_minor);
-        c.currency.push(r.currency);
-        c.interval.push(r.interval);
-        c.domain.push(r.domain);
-        c.payment_ref.push(r.payment_ref);
-        c.subscription_id.push(r.subscription_id);
-        c.status.push(r.status);
-        c.placed_at.push(r.placed_at);
-        c.fulfilled_at.push(r.fulfilled_at);
-        c.cancelled_at.push(r.cancelled_at);
-        c.cancel_reason.push(r.cancel_reason);
-    }
     sqlx::query(&format!(
         "INSERT INTO orders ({COLUMNS}) \
          SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::uuid[], $4::text[], $5::uuid[], $6::text[], \
@@ -159,48 +138,25 @@ async fn store(tx: &mut PgConnection, rows: Vec<OrderRow>) -> Result<(), sqlx::E
          ON CONFLICT (id) DO UPDATE SET status = EXCLUDED.status, fulfilled_at = EXCLUDED.fulfilled_at, \
            cancelled_at = EXCLUDED.cancelled_at, cancel_reason = EXCLUDED.cancel_reason"
     ))
-    .bind(c.id)
-    .bind(c.tenant_id)
-    .bind(c.customer_id)
-    .bind(c.customer_email)
-    .bind(c.product_id)
-    .bind(c.product_name)
-    .bind(c.price_id)
-    .bind(c.amount_minor)
-    .bind(c.currency)
-    .bind(c.interval)
-    .bind(c.domain)
-    .bind(c.payment_ref)
-    .bind(c.subscription_id)
-    .bind(c.status)
-    .bind(c.placed_at)
-    .bind(c.fulfilled_at)
-    .bind(c.cancelled_at)
-    .bind(c.cancel_reason)
+    .bind(column(&rows, |r| r.id))
+    .bind(column(&rows, |r| r.tenant_id))
+    .bind(column(&rows, |r| r.customer_id))
+    .bind(column(&rows, |r| r.customer_email.as_str()))
+    .bind(column(&rows, |r| r.product_id))
+    .bind(column(&rows, |r| r.product_name.as_str()))
+    .bind(column(&rows, |r| r.price_id))
+    .bind(column(&rows, |r| r.amount_minor))
+    .bind(column(&rows, |r| r.currency.as_str()))
+    .bind(column(&rows, |r| r.interval.as_str()))
+    .bind(column(&rows, |r| r.domain.as_deref()))
+    .bind(column(&rows, |r| r.payment_ref.as_str()))
+    .bind(column(&rows, |r| r.subscription_id))
+    .bind(column(&rows, |r| r.status.as_str()))
+    .bind(column(&rows, |r| r.placed_at))
+    .bind(column(&rows, |r| r.fulfilled_at))
+    .bind(column(&rows, |r| r.cancelled_at))
+    .bind(column(&rows, |r| r.cancel_reason.as_deref()))
     .execute(&mut *tx)
     .await?;
     Ok(())
-}
-
-/// [`OrderRow`]s column by column, as `UNNEST` takes them.
-#[derive(Default)]
-struct Columns {
-    id: Vec<Uuid>,
-    tenant_id: Vec<Uuid>,
-    customer_id: Vec<Uuid>,
-    customer_email: Vec<String>,
-    product_id: Vec<Uuid>,
-    product_name: Vec<String>,
-    price_id: Vec<Uuid>,
-    amount_minor: Vec<i64>,
-    currency: Vec<String>,
-    interval: Vec<String>,
-    domain: Vec<Option<String>>,
-    payment_ref: Vec<String>,
-    subscription_id: Vec<Uuid>,
-    status: Vec<String>,
-    placed_at: Vec<DateTime<Utc>>,
-    fulfilled_at: Vec<Option<DateTime<Utc>>>,
-    cancelled_at: Vec<Option<DateTime<Utc>>>,
-    cancel_reason: Vec<Option<String>>,
 }

@@ -19,7 +19,7 @@ use mpanel_domain::step::ProvisioningStep;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::batch::{self, blame, blame_first, distinct, int};
+use super::batch::{self, blame, blame_first, column, distinct, int, text_array};
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
@@ -300,12 +300,12 @@ impl Pending {
                    subscription_id = EXCLUDED.subscription_id, order_id = EXCLUDED.order_id, \
                    updated_at = EXCLUDED.updated_at",
             )
-            .bind(rows.iter().map(|(d, _)| d.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, r)| r.tenant_id).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, r)| r.subscription_id).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, r)| r.order_id).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, r)| r.created_at).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, r)| r.updated_at).collect::<Vec<_>>())
+            .bind(column(&rows, |(d, _)| d.as_str()))
+            .bind(column(&rows, |(_, r)| r.tenant_id))
+            .bind(column(&rows, |(_, r)| r.subscription_id))
+            .bind(column(&rows, |(_, r)| r.order_id))
+            .bind(column(&rows, |(_, r)| r.created_at))
+            .bind(column(&rows, |(_, r)| r.updated_at))
             .execute(&mut *tx)
             .await?;
         }
@@ -318,17 +318,17 @@ impl Pending {
                    subscription_id = EXCLUDED.subscription_id, job_id = EXCLUDED.job_id, \
                    updated_at = EXCLUDED.updated_at",
             )
-            .bind(zones.iter().map(|(z, _)| z.as_str()).collect::<Vec<_>>())
-            .bind(zones.iter().map(|(_, z)| z.owner.domain.as_str()).collect::<Vec<_>>())
-            .bind(zones.iter().map(|(_, z)| z.owner.tenant_id).collect::<Vec<_>>())
-            .bind(zones.iter().map(|(_, z)| z.owner.subscription_id).collect::<Vec<_>>())
-            .bind(zones.iter().map(|(_, z)| z.owner.job_id).collect::<Vec<_>>())
-            .bind(zones.iter().map(|(_, z)| z.owner.at).collect::<Vec<_>>())
+            .bind(column(&zones, |(z, _)| z.as_str()))
+            .bind(column(&zones, |(_, z)| z.owner.domain.as_str()))
+            .bind(column(&zones, |(_, z)| z.owner.tenant_id))
+            .bind(column(&zones, |(_, z)| z.owner.subscription_id))
+            .bind(column(&zones, |(_, z)| z.owner.job_id))
+            .bind(column(&zones, |(_, z)| z.owner.at))
             .execute(&mut *tx)
             .await?;
             sqlx::query("DELETE FROM dns_records WHERE zone = ANY($1)")
                 .persistent(false)
-                .bind(zones.iter().map(|(z, _)| z.as_str()).collect::<Vec<_>>())
+                .bind(column(&zones, |(z, _)| z.as_str()))
                 .execute(&mut *tx)
                 .await?;
             // One row per (zone, name, type); a later record of an outcome replaces an earlier.
@@ -347,22 +347,18 @@ impl Pending {
                 }
             }
             if !records.is_empty() {
-                // `contents` is a text[] per row, which UNNEST would flatten: carried as JSON.
                 sqlx::query(
                     "INSERT INTO dns_records (zone, name, record_type, ttl, contents) \
                      SELECT zone, name, record_type, ttl, ARRAY(SELECT jsonb_array_elements_text(contents)) \
                      FROM UNNEST($1::text[], $2::text[], $3::text[], $4::int[], $5::jsonb[]) \
                        AS u (zone, name, record_type, ttl, contents)",
                 )
-                .bind(records.iter().map(|(z, _)| *z).collect::<Vec<_>>())
-                .bind(records.iter().map(|(_, r)| r.name.as_str()).collect::<Vec<_>>())
-                .bind(records.iter().map(|(_, r)| r.record_type.as_str()).collect::<Vec<_>>())
-                .bind(records.iter().map(|(_, r)| int(r.ttl)).collect::<Vec<_>>())
+                .bind(column(&records, |(z, _)| *z))
+                .bind(column(&records, |(_, r)| r.name.as_str()))
+                .bind(column(&records, |(_, r)| r.record_type.as_str()))
+                .bind(column(&records, |(_, r)| int(r.ttl)))
                 .bind(
-                    records
-                        .iter()
-                        .map(|(_, r)| serde_json::Value::from(r.contents.clone()))
-                        .collect::<Vec<_>>(),
+                    column(&records, |(_, r)| text_array(&r.contents)),
                 )
                 .execute(&mut *tx)
                 .await?;
@@ -378,15 +374,15 @@ impl Pending {
                    system_user = EXCLUDED.system_user, web_root = EXCLUDED.web_root, \
                    vhost_path = EXCLUDED.vhost_path, updated_at = EXCLUDED.updated_at",
             )
-            .bind(rows.iter().map(|h| h.owner.domain.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|h| h.owner.tenant_id).collect::<Vec<_>>())
-            .bind(rows.iter().map(|h| h.owner.subscription_id).collect::<Vec<_>>())
-            .bind(rows.iter().map(|h| h.owner.job_id).collect::<Vec<_>>())
-            .bind(rows.iter().map(|h| h.server.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|h| h.system_user.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|h| h.web_root.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|h| h.vhost_path.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|h| h.owner.at).collect::<Vec<_>>())
+            .bind(column(&rows, |h| h.owner.domain.as_str()))
+            .bind(column(&rows, |h| h.owner.tenant_id))
+            .bind(column(&rows, |h| h.owner.subscription_id))
+            .bind(column(&rows, |h| h.owner.job_id))
+            .bind(column(&rows, |h| h.server.as_str()))
+            .bind(column(&rows, |h| h.system_user.as_str()))
+            .bind(column(&rows, |h| h.web_root.as_str()))
+            .bind(column(&rows, |h| h.vhost_path.as_str()))
+            .bind(column(&rows, |h| h.owner.at))
             .execute(&mut *tx)
             .await?;
         }
@@ -399,14 +395,14 @@ impl Pending {
                    subscription_id = EXCLUDED.subscription_id, job_id = EXCLUDED.job_id, \
                    server = EXCLUDED.server, maildir = EXCLUDED.maildir, updated_at = EXCLUDED.updated_at",
             )
-            .bind(rows.iter().map(|(a, _)| a.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, m)| m.owner.domain.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, m)| m.owner.tenant_id).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, m)| m.owner.subscription_id).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, m)| m.owner.job_id).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, m)| m.server.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, m)| m.maildir.as_str()).collect::<Vec<_>>())
-            .bind(rows.iter().map(|(_, m)| m.owner.at).collect::<Vec<_>>())
+            .bind(column(&rows, |(a, _)| a.as_str()))
+            .bind(column(&rows, |(_, m)| m.owner.domain.as_str()))
+            .bind(column(&rows, |(_, m)| m.owner.tenant_id))
+            .bind(column(&rows, |(_, m)| m.owner.subscription_id))
+            .bind(column(&rows, |(_, m)| m.owner.job_id))
+            .bind(column(&rows, |(_, m)| m.server.as_str()))
+            .bind(column(&rows, |(_, m)| m.maildir.as_str()))
+            .bind(column(&rows, |(_, m)| m.owner.at))
             .execute(&mut *tx)
             .await?;
         }

@@ -8,7 +8,7 @@ use mpanel_domain::subscription::{SubscriptionEvent, SubscriptionStatus};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::batch::{self, blame_first, int};
+use super::batch::{self, blame_first, column, int, text_array};
 use crate::runner::BatchFailure;
 use crate::{FeedEvent, Projector, SubscriberError};
 
@@ -213,37 +213,10 @@ fn finish(row: &mut SubscriptionRow, status: SubscriptionStatus, at: DateTime<Ut
     row.updated_at = at;
 }
 
-/// A list of step names as one JSON array, so `UNNEST` (which flattens nested arrays) can
-/// carry a `text[]` per row.
-fn json_list(steps: &[String]) -> serde_json::Value {
-    serde_json::Value::from(steps.to_vec())
-}
-
 /// Writes the changed rows with one statement.
 async fn store(tx: &mut PgConnection, rows: Vec<SubscriptionRow>) -> Result<(), sqlx::Error> {
     if rows.is_empty() {
         return Ok(());
-    }
-    let mut c = Columns::default();
-    for r in rows {
-        c.id.push(r.id);
-        c.order_id.push(r.order_id);
-        c.tenant_id.push(r.tenant_id);
-        c.customer_id.push(r.customer_id);
-        c.domain.push(r.domain);
-        c.status.push(r.status);
-        c.required_steps.push(json_list(&r.required_steps));
-        c.succeeded_steps.push(json_list(&r.succeeded_steps));
-        c.failed_step.push(r.failed_step);
-        c.last_error.push(r.last_error);
-        c.opened_at.push(r.opened_at);
-        c.activated_at.push(r.activated_at);
-        c.updated_at.push(r.updated_at);
-        c.generation.push(r.generation);
-        c.operation.push(r.operation);
-        c.pending_steps.push(json_list(&r.pending_steps));
-        c.status_reason.push(r.status_reason);
-        c.status_changed_by.push(r.status_changed_by);
     }
     sqlx::query(&format!(
         "INSERT INTO subscriptions ({COLUMNS}) \
@@ -263,48 +236,25 @@ async fn store(tx: &mut PgConnection, rows: Vec<SubscriptionRow>) -> Result<(), 
            operation = EXCLUDED.operation, pending_steps = EXCLUDED.pending_steps, \
            status_reason = EXCLUDED.status_reason, status_changed_by = EXCLUDED.status_changed_by"
     ))
-    .bind(c.id)
-    .bind(c.order_id)
-    .bind(c.tenant_id)
-    .bind(c.customer_id)
-    .bind(c.domain)
-    .bind(c.status)
-    .bind(c.required_steps)
-    .bind(c.succeeded_steps)
-    .bind(c.failed_step)
-    .bind(c.last_error)
-    .bind(c.opened_at)
-    .bind(c.activated_at)
-    .bind(c.updated_at)
-    .bind(c.generation)
-    .bind(c.operation)
-    .bind(c.pending_steps)
-    .bind(c.status_reason)
-    .bind(c.status_changed_by)
+    .bind(column(&rows, |r| r.id))
+    .bind(column(&rows, |r| r.order_id))
+    .bind(column(&rows, |r| r.tenant_id))
+    .bind(column(&rows, |r| r.customer_id))
+    .bind(column(&rows, |r| r.domain.as_deref()))
+    .bind(column(&rows, |r| r.status.as_str()))
+    .bind(column(&rows, |r| text_array(&r.required_steps)))
+    .bind(column(&rows, |r| text_array(&r.succeeded_steps)))
+    .bind(column(&rows, |r| r.failed_step.as_deref()))
+    .bind(column(&rows, |r| r.last_error.as_deref()))
+    .bind(column(&rows, |r| r.opened_at))
+    .bind(column(&rows, |r| r.activated_at))
+    .bind(column(&rows, |r| r.updated_at))
+    .bind(column(&rows, |r| r.generation))
+    .bind(column(&rows, |r| r.operation.as_str()))
+    .bind(column(&rows, |r| text_array(&r.pending_steps)))
+    .bind(column(&rows, |r| r.status_reason.as_deref()))
+    .bind(column(&rows, |r| r.status_changed_by.as_deref()))
     .execute(&mut *tx)
     .await?;
     Ok(())
-}
-
-/// [`SubscriptionRow`]s column by column, as `UNNEST` takes them.
-#[derive(Default)]
-struct Columns {
-    id: Vec<Uuid>,
-    order_id: Vec<Uuid>,
-    tenant_id: Vec<Uuid>,
-    customer_id: Vec<Uuid>,
-    domain: Vec<Option<String>>,
-    status: Vec<String>,
-    required_steps: Vec<serde_json::Value>,
-    succeeded_steps: Vec<serde_json::Value>,
-    failed_step: Vec<Option<String>>,
-    last_error: Vec<Option<String>>,
-    opened_at: Vec<DateTime<Utc>>,
-    activated_at: Vec<Option<DateTime<Utc>>>,
-    updated_at: Vec<DateTime<Utc>>,
-    generation: Vec<i32>,
-    operation: Vec<String>,
-    pending_steps: Vec<serde_json::Value>,
-    status_reason: Vec<Option<String>>,
-    status_changed_by: Vec<Option<String>>,
 }
