@@ -6,6 +6,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mpanel_projections::feed;
+use mpanel_projections::runner::load_checkpoint;
+use mpanel_projections::Checkpoint;
 use serde_json::Value;
 use tokio::task::JoinHandle;
 use uuid::Uuid;
@@ -336,27 +339,16 @@ pub async fn assert_rebuild_reproduces_live(app: &TestApp) {
     panic!("the log kept moving during the rebuild check");
 }
 
-/// Waits until every projector's checkpoint is at the head of the log; returns the head.
-async fn caught_up(app: &TestApp, projectors: &[&str]) -> (i64, i64) {
+/// Waits until every projector's checkpoint is at the head of the feed; returns the head.
+async fn caught_up(app: &TestApp, projectors: &[&str]) -> Checkpoint {
     app.eventually(30, "every projector to reach the head", || async {
-        let head: (i64, i64) = sqlx::query_as(
-            "SELECT tx_id::text::bigint, global_position FROM events \
-             ORDER BY tx_id DESC, global_position DESC LIMIT 1",
-        )
-        .fetch_one(&app.pool)
-        .await
-        .ok()?;
-        let behind: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM checkpoints WHERE subscriber = ANY($1) \
-               AND (tx_id::text::bigint, position) <> ($2, $3)",
-        )
-        .bind(projectors)
-        .bind(head.0)
-        .bind(head.1)
-        .fetch_one(&app.pool)
-        .await
-        .ok()?;
-        (behind == 0).then_some(head)
+        let head = feed::head(&app.pool).await.ok()??;
+        for name in projectors {
+            if load_checkpoint(&app.pool, name).await.ok()? != head {
+                return None;
+            }
+        }
+        Some(head)
     })
     .await
 }
