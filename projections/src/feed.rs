@@ -96,6 +96,37 @@ impl FeedEvent {
 const SELECT_COLUMNS: &str = "global_position, tx_id::text::bigint AS tx_id, aggregate_type, \
     aggregate_id, sequence, event_type, event_version, payload, metadata, recorded_at";
 
+/// The same columns with `metadata` left out (read as JSON `null`).
+const SELECT_COLUMNS_NO_METADATA: &str = "global_position, tx_id::text::bigint AS tx_id, \
+    aggregate_type, aggregate_id, sequence, event_type, event_version, payload, \
+    'null'::jsonb AS metadata, recorded_at";
+
+/// Whether a feed read carries each event's `metadata`.
+///
+/// The read models never look at it (actor, correlation and causation ids are for the saga's
+/// lanes and the audit seal), and it is a JSON tree per event to print in Postgres and parse
+/// here: a 1 M-event rebuild spent a fifth of its mpanel CPU on it. A read without it gives
+/// every event `metadata: null`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metadata {
+    /// Read `metadata` (reactors, the audit sealer, anything that calls [`FeedEvent::meta`]).
+    Include,
+    /// Leave it out: [`FeedEvent::meta`] then finds nothing.
+    Skip,
+}
+
+impl Metadata {
+    /// What `projector`'s reads carry (see [`crate::Projector::reads_metadata`]).
+    #[must_use]
+    pub fn of(projector: &dyn crate::Projector) -> Self {
+        if projector.reads_metadata() {
+            Self::Include
+        } else {
+            Self::Skip
+        }
+    }
+}
+
 /// Reads up to `limit` events after `after`, in feed order, that are safe to deliver.
 ///
 /// The `ORDER BY` names `events.tx_id`: unqualified, `tx_id` would be the *output* column
@@ -109,9 +140,14 @@ pub async fn read_after<'e>(
     executor: impl PgExecutor<'e>,
     after: Checkpoint,
     limit: i64,
+    metadata: Metadata,
 ) -> Result<Vec<FeedEvent>, sqlx::Error> {
+    let columns = match metadata {
+        Metadata::Include => SELECT_COLUMNS,
+        Metadata::Skip => SELECT_COLUMNS_NO_METADATA,
+    };
     let sql = format!(
-        "SELECT {SELECT_COLUMNS} FROM events \
+        "SELECT {columns} FROM events \
          WHERE (tx_id, global_position) > ($1::bigint::text::xid8, $2) \
            AND tx_id < pg_snapshot_xmin(pg_current_snapshot()) \
          ORDER BY events.tx_id, events.global_position LIMIT $3"

@@ -41,7 +41,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 
 use crate::audit::SEALER_NAME;
-use crate::feed::{read_after, Checkpoint, FeedEvent};
+use crate::feed::{read_after, Checkpoint, FeedEvent, Metadata};
 use crate::runner::{try_lead, Subscriber, HANDOVER_LOCK};
 use crate::{Projector, SubscriberError};
 
@@ -165,8 +165,7 @@ pub async fn rebuild_all(
     projectors: &[Arc<dyn Projector>],
     options: &RebuildOptions,
 ) -> Result<Vec<RebuildReport>, RebuildError> {
-    let refs: Vec<&dyn Projector> = projectors.iter().map(AsRef::as_ref).collect();
-    rebuild_together(pool, &refs, options).await
+    rebuild_together(pool, projectors, options).await
 }
 
 /// Rebuilds one projector's tables from position 0 beside the live ones and swaps them in.
@@ -175,7 +174,7 @@ pub async fn rebuild_all(
 /// See [`RebuildError`]; on any error the build schema is dropped and the live model untouched.
 pub async fn rebuild(
     pool: &PgPool,
-    projector: &dyn Projector,
+    projector: Arc<dyn Projector>,
     options: &RebuildOptions,
 ) -> Result<RebuildReport, RebuildError> {
     let mut reports = rebuild_together(pool, &[projector], options).await?;
@@ -186,12 +185,12 @@ pub async fn rebuild(
 
 async fn rebuild_together(
     pool: &PgPool,
-    projectors: &[&dyn Projector],
+    projectors: &[Arc<dyn Projector>],
     options: &RebuildOptions,
 ) -> Result<Vec<RebuildReport>, RebuildError> {
     let started = Instant::now();
     let mut guards = Vec::with_capacity(projectors.len());
-    let mut builds: Vec<Building<'_>> = Vec::with_capacity(projectors.len());
+    let mut builds: Vec<Building> = Vec::with_capacity(projectors.len());
     let mut outcome = async {
         for projector in projectors {
             let name = projector.name();
@@ -210,7 +209,7 @@ async fn rebuild_together(
             if !ours {
                 return Err(RebuildError::AlreadyRunning(name.to_owned()));
             }
-            builds.push(Building::start(pool, *projector).await?);
+            builds.push(Building::start(pool, Arc::clone(projector)).await?);
         }
         // Phase 1: from position 0 to (about) the head, the live runners untouched.
         build_together(pool, &mut builds, options).await?;
@@ -252,15 +251,15 @@ async fn rebuild_together(
 
 /// One projector being rebuilt: its names, its build pool (search path on the build schema)
 /// and how far it got.
-struct Building<'a> {
-    projector: &'a dyn Projector,
+struct Building {
+    projector: Arc<dyn Projector>,
     build: Build,
     pool: PgPool,
     progress: Progress,
 }
 
-impl<'a> Building<'a> {
-    async fn start(pool: &PgPool, projector: &'a dyn Projector) -> Result<Self, RebuildError> {
+impl Building {
+    async fn start(pool: &PgPool, projector: Arc<dyn Projector>) -> Result<Self, RebuildError> {
         let build = Build::new(projector.name());
         prepare(pool, &build, projector.tables()).await?;
         let schema = build.schema.clone();
@@ -297,7 +296,7 @@ impl<'a> Building<'a> {
         options: &RebuildOptions,
         started: Instant,
     ) -> Result<RebuildReport, RebuildError> {
-        let (projector, build) = (self.projector, &self.build);
+        let (projector, build) = (self.projector.as_ref(), &self.build);
         let tables = projector.tables();
         tracing::info!(
             subscriber = build.name,
@@ -370,51 +369,107 @@ impl<'a> Building<'a> {
     }
 }
 
-/// Phase 1 for every build at once: each batch is read once (the next one is read while the
-/// current one is applied) and applied by every projector concurrently, until a batch comes
-/// back short (so a steady stream of new events cannot keep phase 1 going).
+/// Phase 1 for every build at once: each batch is read once and handed to every projector,
+/// which applies it on its own connection in a task of its own, until a batch comes back short
+/// (so a steady stream of new events cannot keep phase 1 going).
+///
+/// The projectors do not wait for each other between batches: each may lag the reader by up to
+/// [`RUN_AHEAD`] batches, so the cheap ones keep the cores busy while the dearest one
+/// (provisioning: five tables) works, and their decoding and folding runs on every runtime
+/// thread instead of the one that polls the reader.
 async fn build_together(
     pool: &PgPool,
-    builds: &mut [Building<'_>],
+    builds: &mut [Building],
     options: &RebuildOptions,
 ) -> Result<(), RebuildError> {
     let full = usize::try_from(options.batch_size).unwrap_or(usize::MAX);
-    let mut at = Checkpoint::default();
-    let mut total: u64 = 0;
-    let mut last_log = Instant::now();
-    let mut next = read_after(pool, at, options.batch_size).await?;
-    while let Some(last) = next.last().map(FeedEvent::checkpoint) {
-        let events = std::mem::take(&mut next);
-        let applying = futures::future::try_join_all(
-            builds
-                .iter()
-                .map(|b| apply_batch(&b.pool, b.projector, &b.build, b.progress, &events)),
-        );
-        let (read, applied) = tokio::join!(
-            async {
-                if events.len() < full {
-                    Ok(Vec::new())
-                } else {
-                    read_after(pool, last, options.batch_size).await
+    let metadata = if builds
+        .iter()
+        .any(|b| Metadata::of(b.projector.as_ref()) == Metadata::Include)
+    {
+        Metadata::Include
+    } else {
+        Metadata::Skip
+    };
+    let mut appliers = tokio::task::JoinSet::new();
+    let mut feeds = Vec::with_capacity(builds.len());
+    for (index, building) in builds.iter().enumerate() {
+        let (feed, mut batches) = tokio::sync::mpsc::channel::<Arc<Vec<FeedEvent>>>(RUN_AHEAD);
+        feeds.push(feed);
+        let (build_pool, projector) = (building.pool.clone(), Arc::clone(&building.projector));
+        let (build, mut progress) = (building.build.clone(), building.progress);
+        appliers.spawn(async move {
+            while let Some(events) = batches.recv().await {
+                progress =
+                    apply_batch(&build_pool, projector.as_ref(), &build, progress, &events).await?;
+            }
+            Ok::<_, RebuildError>((index, progress))
+        });
+    }
+    let read = async {
+        let mut at = Checkpoint::default();
+        let mut total: u64 = 0;
+        let mut last_log = Instant::now();
+        loop {
+            let events = read_after(pool, at, options.batch_size, metadata).await?;
+            let Some(last) = events.last().map(FeedEvent::checkpoint) else {
+                return Ok(());
+            };
+            let short = events.len() < full;
+            total += u64::try_from(events.len()).unwrap_or(u64::MAX);
+            let events = Arc::new(events);
+            for feed in &feeds {
+                if feed.send(Arc::clone(&events)).await.is_err() {
+                    // That applier failed: its error is what the join below reports.
+                    return Ok(());
                 }
-            },
-            applying
-        );
-        for (building, progress) in builds.iter_mut().zip(applied?) {
-            building.progress = progress;
+            }
+            at = last;
+            if short {
+                return Ok(());
+            }
+            if last_log.elapsed() > Duration::from_secs(5) {
+                last_log = Instant::now();
+                tracing::info!(events = total, position = at.position, "rebuilding");
+            }
         }
-        next = read?;
-        at = last;
-        total += u64::try_from(events.len()).unwrap_or(u64::MAX);
-        if last_log.elapsed() > Duration::from_secs(5) {
-            last_log = Instant::now();
-            tracing::info!(events = total, position = at.position, "rebuilding");
+    };
+    let read: Result<(), RebuildError> = read.await;
+    drop(feeds);
+    let mut outcome = read;
+    while let Some(joined) = appliers.join_next().await {
+        let applied = joined
+            .map_err(|e| {
+                RebuildError::Database(sqlx::Error::Protocol(format!("rebuild applier: {e}")))
+            })
+            .and_then(|applied| applied);
+        match applied {
+            Ok((index, progress)) => {
+                if let Some(building) = builds.get_mut(index) {
+                    building.progress = progress;
+                }
+            }
+            Err(e) => {
+                if outcome.is_ok() {
+                    outcome = Err(e);
+                }
+            }
+        }
+        if outcome.is_err() {
+            // The others' work is moot: stop them, and wait until their transactions are gone
+            // before the caller drops the build schemas.
+            appliers.shutdown().await;
         }
     }
-    Ok(())
+    outcome
 }
 
+/// Batches a projector may lag behind the reader in phase 1 (each is held in memory once,
+/// shared by every projector).
+const RUN_AHEAD: usize = 2;
+
 /// The names one rebuild uses.
+#[derive(Clone)]
 struct Build {
     name: &'static str,
     schema: String,
@@ -487,7 +542,8 @@ async fn catch_up(
 ) -> Result<Progress, RebuildError> {
     let mut last_log = Instant::now();
     loop {
-        let events = read_after(build_pool, progress.at, options.batch_size).await?;
+        let metadata = Metadata::of(projector);
+        let events = read_after(build_pool, progress.at, options.batch_size, metadata).await?;
         if events.is_empty() {
             return Ok(progress);
         }

@@ -274,13 +274,17 @@ async fn rewriting_an_events_seal_breaks_the_chain_at_the_next_event(pool: PgPoo
             .fetch_one(&pool)
             .await
             .expect("prev");
-    let event =
-        mpanel_projections::feed::read_after(&pool, mpanel_projections::Checkpoint::default(), 100)
-            .await
-            .expect("events")
-            .into_iter()
-            .find(|e| e.position == positions[4])
-            .expect("event");
+    let event = mpanel_projections::feed::read_after(
+        &pool,
+        mpanel_projections::Checkpoint::default(),
+        100,
+        mpanel_projections::feed::Metadata::Include,
+    )
+    .await
+    .expect("events")
+    .into_iter()
+    .find(|e| e.position == positions[4])
+    .expect("event");
     let prev = <[u8; 32]>::try_from(prev.as_slice()).expect("32 bytes");
     let forged = mpanel_projections::audit::seal_event(&prev, &event);
     sqlx::query("UPDATE event_seals SET hash = $2 WHERE global_position = $1")

@@ -346,12 +346,17 @@ async fn random_interleavings_deliver_every_committed_event_once_in_order(pool: 
         }
         drain(&pool, &sub, 3, committed.len()).await;
         let delivered = seen(&pool, "prop").await;
-        let expected: Vec<i64> = read_after(&pool, Checkpoint::default(), 10_000)
-            .await
-            .expect("log")
-            .iter()
-            .map(|e| e.position)
-            .collect();
+        let expected: Vec<i64> = read_after(
+            &pool,
+            Checkpoint::default(),
+            10_000,
+            mpanel_projections::feed::Metadata::Include,
+        )
+        .await
+        .expect("log")
+        .iter()
+        .map(|e| e.position)
+        .collect();
         let mut sorted_committed = committed.clone();
         sorted_committed.sort_unstable();
         let mut sorted_delivered = delivered.clone();

@@ -235,7 +235,7 @@ async fn readers_keep_being_served_and_live_runners_carry_on_on_the_new_tables(t
         ..RebuildOptions::default()
     };
     let orders = rebuild::select("orders").expect("orders");
-    let report = rebuild::rebuild(&pool, orders[0].as_ref(), &options)
+    let report = rebuild::rebuild(&pool, Arc::clone(&orders[0]), &options)
         .await
         .expect("rebuild orders");
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -282,7 +282,7 @@ async fn readers_keep_being_served_and_live_runners_carry_on_on_the_new_tables(t
     }
     // The swapped model equals one built from scratch now.
     let live_sums = without_seals(read_model_checksums(&pool).await.expect("sums"));
-    rebuild::rebuild(&pool, orders[0].as_ref(), &RebuildOptions::default())
+    rebuild::rebuild(&pool, Arc::clone(&orders[0]), &RebuildOptions::default())
         .await
         .expect("second rebuild");
     assert_eq!(
@@ -308,7 +308,7 @@ async fn a_projector_failing_during_a_rebuild_leaves_the_live_model_untouched(po
     .expect("poison");
 
     let orders = rebuild::select("orders").expect("orders");
-    let error = rebuild::rebuild(&pool, orders[0].as_ref(), &RebuildOptions::default())
+    let error = rebuild::rebuild(&pool, Arc::clone(&orders[0]), &RebuildOptions::default())
         .await
         .expect_err("the rebuild fails");
     match &error {

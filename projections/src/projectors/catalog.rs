@@ -21,6 +21,10 @@ impl Projector for CatalogProjector {
         &["tenants", "products", "prices"]
     }
 
+    fn reads_metadata(&self) -> bool {
+        false
+    }
+
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
         match event.aggregate_type.as_str() {
             "Tenant" => apply_tenant(tx, event).await,

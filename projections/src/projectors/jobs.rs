@@ -53,6 +53,10 @@ impl Projector for JobsProjector {
         &["jobs"]
     }
 
+    fn reads_metadata(&self) -> bool {
+        false
+    }
+
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
         self.apply_batch(tx, std::slice::from_ref(event))
             .await

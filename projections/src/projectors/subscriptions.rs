@@ -52,6 +52,10 @@ impl Projector for SubscriptionsProjector {
         &["subscriptions"]
     }
 
+    fn reads_metadata(&self) -> bool {
+        false
+    }
+
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
         self.apply_batch(tx, std::slice::from_ref(event))
             .await
