@@ -10,12 +10,13 @@
 //! subscription has, so before one the pending rows are written out and the change runs as
 //! its own statements: the result is that of applying the events one by one.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use mpanel_domain::job::{DnsRecord, JobAction, JobEvent, StepOutcome};
 use mpanel_domain::step::ProvisioningStep;
+use sqlx::types::Json;
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -42,6 +43,10 @@ impl Projector for ProvisioningProjector {
         ]
     }
 
+    fn reads_metadata(&self) -> bool {
+        false
+    }
+
     async fn apply(&self, tx: &mut PgConnection, event: &FeedEvent) -> Result<(), SubscriberError> {
         self.apply_batch(tx, std::slice::from_ref(event))
             .await
@@ -54,42 +59,49 @@ impl Projector for ProvisioningProjector {
         events: &[FeedEvent],
     ) -> Result<(), BatchFailure> {
         let decoded = batch::decode::<JobEvent>(events, "Job")?.events;
-        // Owners of the subscriptions whose outcomes this batch records, as the table has them.
-        // An outcome that follows its subscription's registration in this batch finds the
-        // owner there (a subscription has one domain), so only the others are looked up.
-        let mut registered = HashSet::new();
-        let mut owned = Vec::new();
-        for (_, _, e) in &decoded {
+        // Whose resource a confirmed outcome is comes from its own job's `JobScheduled`
+        // (domain and tenant), which is in this batch or earlier in the log: never from the
+        // `domains` table, whose row follows the domain's latest registration and so may
+        // belong to another subscription by then (two orders for one domain).
+        let mut pending = Pending::default();
+        let mut unknown = Vec::new();
+        for (job_id, _, e) in &decoded {
             match e {
-                JobEvent::JobScheduled(s) if s.domain.is_some() => {
-                    registered.insert(s.subscription_id);
+                JobEvent::JobScheduled(s) => {
+                    if let Some(domain) = &s.domain {
+                        pending
+                            .job_owners
+                            .insert(*job_id, (domain.as_str().to_owned(), s.tenant_id));
+                    }
                 }
-                JobEvent::JobSucceeded {
-                    subscription_id,
-                    outcome,
-                    ..
-                } if !matches!(outcome, StepOutcome::Changed { .. })
-                    && !registered.contains(subscription_id) =>
+                JobEvent::JobSucceeded { outcome, .. }
+                    if !matches!(outcome, StepOutcome::Changed { .. })
+                        && !pending.job_owners.contains_key(job_id) =>
                 {
-                    owned.push(*subscription_id);
+                    unknown.push(job_id.to_string());
                 }
                 _ => {}
             }
         }
-        let owned = distinct(owned.into_iter());
-        let mut pending = Pending::default();
-        if !owned.is_empty() {
-            let rows: Vec<(Uuid, String, Uuid)> = sqlx::query_as(
-                "SELECT DISTINCT ON (subscription_id) subscription_id, domain, tenant_id \
-                 FROM domains WHERE subscription_id = ANY($1) \
-                 ORDER BY subscription_id",
+        if !unknown.is_empty() {
+            let scheduled: Vec<(String, Json<JobEvent>)> = sqlx::query_as(
+                "SELECT aggregate_id, payload FROM events \
+                 WHERE aggregate_type = 'Job' AND aggregate_id = ANY($1) AND sequence = 1",
             )
             .persistent(false)
-            .bind(&owned)
+            .bind(distinct(unknown.into_iter()))
             .fetch_all(&mut *tx)
             .await
             .map_err(|e| blame_first(events)(e.into()))?;
-            pending.stored_owners = rows.into_iter().map(|(s, d, t)| (s, (d, t))).collect();
+            for (job_id, Json(event)) in scheduled {
+                if let (Ok(job_id), JobEvent::JobScheduled(s)) = (job_id.parse::<Uuid>(), event) {
+                    if let Some(domain) = s.domain {
+                        pending
+                            .job_owners
+                            .insert(job_id, (domain.as_str().to_owned(), s.tenant_id));
+                    }
+                }
+            }
         }
         for (job_id, event, decoded) in decoded {
             let at = event.recorded_at;
@@ -128,9 +140,9 @@ impl Projector for ProvisioningProjector {
                     outcome,
                     ..
                 } => {
-                    let Some((domain, tenant_id)) = pending.owner(subscription_id) else {
+                    let Some((domain, tenant_id)) = pending.job_owners.get(&job_id).cloned() else {
                         return Err(blame(event)(SubscriberError::Other(format!(
-                            "job {job_id} succeeded for subscription {subscription_id} whose domain is unknown"
+                            "job {job_id} succeeded with an outcome but was never scheduled for a domain"
                         ))));
                     };
                     let owner = Owner {
@@ -193,28 +205,20 @@ struct Mail {
 }
 
 /// What the batch has folded but not yet written, by key (last write wins, as the one-by-one
-/// upserts would), plus what is known of each subscription's domain.
+/// upserts would), plus the domain and tenant each job of the batch was scheduled for.
 #[derive(Default)]
 struct Pending {
     domains: HashMap<String, DomainRow>,
     zones: HashMap<String, Zone>,
     hosting: HashMap<String, Hosting>,
     mail: HashMap<String, Mail>,
-    /// Every registration of this batch, written or not: domain → (subscription, tenant).
-    registered: HashMap<String, (Uuid, Uuid)>,
-    /// The domain each subscription registered last in this batch.
-    registered_by: HashMap<Uuid, String>,
-    /// The `domains` table's owner rows for the batch's subscriptions, as loaded.
-    stored_owners: HashMap<Uuid, (String, Uuid)>,
+    /// job → (domain, tenant), from its `JobScheduled`.
+    job_owners: HashMap<Uuid, (String, Uuid)>,
 }
 
 impl Pending {
     /// A job for `domain` was scheduled: the domain belongs to its subscription from now on.
     fn register(&mut self, domain: &str, row: DomainRow) {
-        self.registered
-            .insert(domain.to_owned(), (row.subscription_id, row.tenant_id));
-        self.registered_by
-            .insert(row.subscription_id, domain.to_owned());
         match self.domains.get_mut(domain) {
             Some(existing) => {
                 existing.tenant_id = row.tenant_id;
@@ -225,24 +229,6 @@ impl Pending {
             None => {
                 self.domains.insert(domain.to_owned(), row);
             }
-        }
-    }
-
-    /// The domain and tenant of a subscription: a registration of this batch, else the table's
-    /// row, unless this batch gave that domain to another subscription since.
-    fn owner(&self, subscription_id: Uuid) -> Option<(String, Uuid)> {
-        let current = |domain: &String| match self.registered.get(domain) {
-            Some((sub, tenant)) => (*sub == subscription_id).then(|| (domain.clone(), *tenant)),
-            None => None,
-        };
-        if let Some(found) = self.registered_by.get(&subscription_id).and_then(current) {
-            return Some(found);
-        }
-        let (domain, tenant) = self.stored_owners.get(&subscription_id)?;
-        if self.registered.contains_key(domain) {
-            current(domain)
-        } else {
-            Some((domain.clone(), *tenant))
         }
     }
 
@@ -311,12 +297,17 @@ impl Pending {
         }
         if !self.zones.is_empty() {
             let zones: Vec<(String, Zone)> = self.zones.drain().collect();
-            sqlx::query(
+            // `xmax <> 0` marks a row the upsert updated rather than inserted: only a zone that
+            // was already there can have records to replace (records come and go with their
+            // zone). Deleting by the whole batch's zones instead scanned all of `dns_records`
+            // per batch in a rebuild, where every zone is new.
+            let existed: Vec<String> = sqlx::query_scalar::<_, Option<String>>(
                 "INSERT INTO dns_zones (zone, domain, tenant_id, subscription_id, job_id, updated_at) \
                  SELECT * FROM UNNEST($1::text[], $2::text[], $3::uuid[], $4::uuid[], $5::uuid[], $6::timestamptz[]) \
                  ON CONFLICT (zone) DO UPDATE SET domain = EXCLUDED.domain, tenant_id = EXCLUDED.tenant_id, \
                    subscription_id = EXCLUDED.subscription_id, job_id = EXCLUDED.job_id, \
-                   updated_at = EXCLUDED.updated_at",
+                   updated_at = EXCLUDED.updated_at \
+                 RETURNING CASE WHEN xmax <> 0 THEN zone END",
             )
             .bind(column(&zones, |(z, _)| z.as_str()))
             .bind(column(&zones, |(_, z)| z.owner.domain.as_str()))
@@ -324,13 +315,18 @@ impl Pending {
             .bind(column(&zones, |(_, z)| z.owner.subscription_id))
             .bind(column(&zones, |(_, z)| z.owner.job_id))
             .bind(column(&zones, |(_, z)| z.owner.at))
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM dns_records WHERE zone = ANY($1)")
-                .persistent(false)
-                .bind(column(&zones, |(z, _)| z.as_str()))
-                .execute(&mut *tx)
-                .await?;
+            .fetch_all(&mut *tx)
+            .await?
+            .into_iter()
+            .flatten()
+            .collect();
+            if !existed.is_empty() {
+                sqlx::query("DELETE FROM dns_records WHERE zone = ANY($1)")
+                    .persistent(false)
+                    .bind(&existed)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             // One row per (zone, name, type); a later record of an outcome replaces an earlier.
             let mut records: Vec<(&str, &DnsRecord)> = Vec::new();
             let mut index: HashMap<(&str, &str, &str), usize> = HashMap::new();
