@@ -63,11 +63,21 @@ fi
 BENCH_PORT=2291
 BENCH_PORT2=2292
 DB=mpanel_bench
-export DATABASE_URL="postgres://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/$DB"
+# Postgres runs on this host, so everything here — pgbench's baseline, mpanel, the polls —
+# reaches it over its Unix socket, as a single-host install would be configured
+# (docs/OPERATIONS.md): loopback TCP cost mpanel ~13 % more CPU per order (docs/benchmarks.md).
+# MPANEL_BENCH_PG=tcp measures over 127.0.0.1 instead, baseline included.
+if [[ ${MPANEL_BENCH_PG:-socket} == tcp ]]; then
+  PG_HOST=127.0.0.1
+  export DATABASE_URL="postgres://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/$DB"
+else
+  PG_HOST=$PG_SOCKET_DIR
+  export DATABASE_URL="postgres://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/$DB?host=$PG_SOCKET_DIR"
+fi
 export REDIS_KEY_PREFIX="mpanel-bench-$$"
 export RATE_LIMIT_MAX_REQUESTS=100000000 RATE_LIMIT_CREDENTIAL_MAX_REQUESTS=100000000
 export RUST_LOG=warn
-PSQL=("$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PG_PORT" -U postgres)
+PSQL=("$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U postgres)
 export PGPASSWORD=$PG_PASSWORD
 
 declare -A R=()
@@ -164,7 +174,7 @@ cat >"$OUT/raw.sql" <<'SQL'
 INSERT INTO bench_raw (doc) VALUES ('{"tenantSlug":"migrahosting","priceId":"16939e2b-09b1-5b6b-b5aa-e32069254221","customerEmail":"bench@example.com","stripePaymentIntentId":"pi_0123456789abcdefghijklmn","domain":"bench-example.com","note":"about two hundred and fifty bytes of json, like an order event"}');
 SQL
 for c in 1 16; do
-  tps=$(pgbench -n -h 127.0.0.1 -p "$PG_PORT" -U postgres -f "$OUT/raw.sql" -c "$c" -j "$((c < 2 ? 1 : 2))" -T "$PGBENCH_SECS" "$DB" 2>/dev/null |
+  tps=$(pgbench -n -h "$PG_HOST" -p "$PG_PORT" -U postgres -f "$OUT/raw.sql" -c "$c" -j "$((c < 2 ? 1 : 2))" -T "$PGBENCH_SECS" "$DB" 2>/dev/null |
     sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p')
   R[raw_insert_tps_c$c]=$tps
   log "raw insert c$c: $tps tps"
