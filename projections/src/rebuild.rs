@@ -12,8 +12,10 @@
 //!    resolve to `public`. Its checkpoint is a row of its own, `<name>#rebuild`, and it applies
 //!    the feed from position 0 in large batches (one transaction each), exactly as a live
 //!    runner would, so the result is what the live model would be. Several projectors rebuilt
-//!    together (`all`) share one read of the log: each batch is read once, while the previous
-//!    one is being applied, and every projector applies it concurrently on its own connection.
+//!    together (`all`) share one read of the log: each batch is read once and every projector
+//!    applies it on its own connection, in a task of its own, up to two batches behind the
+//!    reader and without waiting for the others. The reads leave out `metadata`, which no
+//!    read model uses ([`Projector::reads_metadata`]).
 //! 2. **Take over.** Caught up, the rebuild holds the subscriber's handover lock; the live
 //!    leader checks it before every batch and steps down (its batch in flight commits first);
 //!    the rebuild then takes the leadership lock itself, so no live runner of this subscriber

@@ -2,7 +2,10 @@
 //!
 //! Built from job events only: a domain appears when its first job is scheduled; zones and
 //! accounts appear (or are refreshed) from the outcome a successful job recorded, so they show
-//! what was confirmed on the servers, never what was merely intended.
+//! what was confirmed on the servers, never what was merely intended. A zone or account belongs
+//! to the subscription whose job confirmed it last, under the domain and tenant that job was
+//! scheduled for; the `domains` row follows the domain's latest registration (two paid orders
+//! may name one domain).
 //!
 //! A batch is applied set-based (see `batch.rs`): domain registrations and confirmed zones,
 //! records and accounts are folded per key in memory, in feed order, and written with one
