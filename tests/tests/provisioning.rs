@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use mpanel_adapters::provisioners::mail::{LocalPart, MailConfig, SshMailProvisioner};
 use mpanel_domain::values::DomainName;
+use mpanel_tests::faults::assert_rebuild_reproduces_live;
 use mpanel_tests::reliability::{self, Tally};
 use mpanel_tests::servers::{delete_zone, env, imap_login, powerdns_proxy, zone, SshProxy};
 use mpanel_tests::{unique_domain, TestApp};
@@ -219,6 +220,46 @@ async fn a_paid_order_is_provisioned_on_the_real_servers_and_only_then_activated
         app.admin_password.clone(),
     ] {
         assert!(!log.contains(&secret), "a secret leaked into the log");
+    }
+    delete_zone(&domain).await;
+}
+
+/// Two paid orders may name one domain (a customer paying twice, two customers racing). Both
+/// subscriptions activate — the provisioners converge on the one zone, account and mailbox —
+/// and every read model keeps up: the provisioning projector once stopped for good here,
+/// looking the second-to-register subscription's resources up under the other's name.
+#[tokio::test]
+async fn two_paid_orders_for_one_domain_both_activate_and_the_read_models_keep_up() {
+    let app = TestApp::spawn().await;
+    let domain = unique_domain();
+    let (first, second) = tokio::join!(app.place(&domain), app.place(&domain));
+    let subs: Vec<String> = [&first, &second]
+        .iter()
+        .map(|b| {
+            b["subscriptionId"]
+                .as_str()
+                .expect("subscriptionId")
+                .to_owned()
+        })
+        .collect();
+    assert_ne!(subs[0], subs[1], "two payments, two subscriptions");
+    for sub in &subs {
+        active_and_never_early(&app, sub, 60).await;
+    }
+
+    // Every projector reaches the head (a stuck one fails here), and a rebuild agrees.
+    assert_rebuild_reproduces_live(&app).await;
+    // One zone, one account, one mailbox, each shown as confirmed by one of the two.
+    for table in ["dns_zones", "hosting_accounts", "mail_accounts"] {
+        let owners: Vec<String> = sqlx::query_scalar(&format!(
+            "SELECT subscription_id::text FROM {table} WHERE domain = $1"
+        ))
+        .bind(&domain)
+        .fetch_all(&app.pool)
+        .await
+        .expect("owners");
+        assert_eq!(owners.len(), 1, "{table}: {owners:?}");
+        assert!(subs.contains(&owners[0]), "{table} owned by {owners:?}");
     }
     delete_zone(&domain).await;
 }
