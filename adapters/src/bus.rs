@@ -332,10 +332,13 @@ where
             .map_err(store_error)
     }
 
-    /// [`Self::execute`] from the aggregate's `history` that the caller has just read (all its
-    /// events, in sequence order), saving the load. If another writer appended since, the
-    /// insert conflicts, nothing is written and [`Self::execute`] decides again from a fresh
-    /// load: the outcome is the ordinary path's.
+    /// [`Self::execute`] from the aggregate's `history` that the caller has read (all its
+    /// events, in sequence order), saving the load. Only a decision that appends is taken from
+    /// `history`: the append names the next sequence number, so if another writer appended
+    /// since, it conflicts, nothing is written, and [`Self::execute`] decides again from a
+    /// fresh load. A refusal or a "nothing to do" appends nothing and so proves nothing about
+    /// `history` being current (an event not in it could change the answer), so those are
+    /// decided again from a fresh load too. The outcome is always the ordinary path's.
     ///
     /// # Errors
     /// As [`Self::execute`].
@@ -351,16 +354,12 @@ where
             state.apply(event.payload.clone());
         }
         let sink = cqrs_es::event_sink::EventSink::default();
-        state
-            .handle(command.clone(), &(), &sink)
-            .await
-            .map_err(BusError::Rejected)?;
+        if state.handle(command.clone(), &(), &sink).await.is_err() {
+            return self.execute(id, command, metadata).await;
+        }
         let events = sink.collect().await;
         if events.is_empty() {
-            return Ok(Executed {
-                events: vec![],
-                state,
-            });
+            return self.execute(id, command, metadata).await;
         }
         match self
             .append(

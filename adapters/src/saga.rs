@@ -245,14 +245,10 @@ where
     }
 }
 
-/// Executes `command` on `id` from the history the saga holds for it, if it holds it whole,
-/// else the ordinary way; either way the appended events extend what it holds.
-///
-/// Only a decision that appends is taken from the held history: the append names the next
-/// sequence number, so a history another writer has extended meanwhile conflicts and the
-/// command is decided again on a fresh load. A refusal or a "nothing to do" appends nothing and
-/// so proves nothing about freshness — an event the saga has not reached yet (an operator's
-/// retry, say) could change the answer — so those are decided again on the stored state.
+/// Executes `command` on `id` from the history the saga holds for it, if it holds it whole
+/// ([`AggregateBus::execute_after`]: only a decision that appends is taken from it, anything
+/// else is decided again on a fresh load), else the ordinary way; either way the appended
+/// events extend what it holds.
 async fn execute_on<A>(
     bus: &AggregateBus<A>,
     histories: &Histories<A>,
@@ -265,20 +261,11 @@ where
     A::Command: Clone + Send + Sync,
     A::Error: Send + Sync + 'static,
 {
-    if let Some(history) = histories.get(id) {
-        match bus
-            .execute_after(id, &history, command.clone(), metadata)
-            .await
-        {
-            Ok(executed) if !executed.events.is_empty() => {
-                histories.record_all(id, &executed.events);
-                return Ok(());
-            }
-            Ok(_) | Err(BusError::Rejected(_)) => {}
-            Err(e) => return Err(outcome(e)),
-        }
+    let executed: Executed<A> = match histories.get(id) {
+        Some(history) => bus.execute_after(id, &history, command, metadata).await,
+        None => bus.execute(id, command, metadata).await,
     }
-    let executed: Executed<A> = bus.execute(id, command, metadata).await.map_err(outcome)?;
+    .map_err(outcome)?;
     histories.record_all(id, &executed.events);
     Ok(())
 }

@@ -5,7 +5,7 @@
 use chrono::Utc;
 use mpanel_adapters::bus::{BusError, CommandBus, Created};
 use mpanel_adapters::metadata::EventMetadata;
-use mpanel_domain::job::{JobAction, JobCommand, JobError, ScheduleJob};
+use mpanel_domain::job::{JobAction, JobCommand, JobError, ScheduleJob, StepOutcome};
 use mpanel_domain::step::ProvisioningStep;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -114,4 +114,53 @@ async fn a_stale_history_falls_back_to_a_fresh_decision(pool: PgPool) {
         .expect("start");
     assert_eq!(started.events.len(), 1);
     assert_eq!(started.events[0].sequence, 2);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_refusal_on_a_stale_history_is_decided_again_on_the_stored_state(pool: PgPool) {
+    let bus = CommandBus::new(&pool);
+    let meta = EventMetadata::new("test");
+    let id = Uuid::new_v4();
+    bus.jobs
+        .execute(id, schedule(), &meta)
+        .await
+        .expect("schedule");
+    let stale = bus.jobs.history(id).await.expect("history");
+
+    // Another writer starts the job after our read.
+    let lease_id = Uuid::new_v4();
+    let now = Utc::now();
+    bus.jobs
+        .execute(
+            id,
+            JobCommand::Start {
+                lease_id,
+                worker: "other".into(),
+                lease_until: now + chrono::Duration::seconds(60),
+                at: now,
+            },
+            &meta,
+        )
+        .await
+        .expect("start");
+
+    // On the stale history (never started) recording that attempt's success is refused, and
+    // a refusal appends nothing, so nothing would reveal the history as stale: the bus decides
+    // again on the stored state, where the attempt is running, and records it.
+    let succeed = JobCommand::Succeed {
+        lease_id,
+        outcome: StepOutcome::Dns {
+            zone: "example.com.".into(),
+            records: vec![],
+        },
+        at: Utc::now(),
+    };
+    let recorded = bus
+        .jobs
+        .execute_after(id, &stale, succeed, &meta)
+        .await
+        .expect("recorded on the stored state");
+    assert_eq!(recorded.events.len(), 1);
+    assert_eq!(recorded.events[0].sequence, 3);
+    assert_eq!(event_count(&pool, id).await, 3);
 }
