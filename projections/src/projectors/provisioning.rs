@@ -17,7 +17,7 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use mpanel_domain::job::{DnsRecord, JobAction, JobEvent, StepOutcome};
+use mpanel_domain::job::{DnsRecord, JobAction, JobEvent, ScheduleJob, StepOutcome};
 use mpanel_domain::step::ProvisioningStep;
 use sqlx::types::Json;
 use sqlx::PgConnection;
@@ -70,13 +70,7 @@ impl Projector for ProvisioningProjector {
         let mut unknown = Vec::new();
         for (job_id, _, e) in &decoded {
             match e {
-                JobEvent::JobScheduled(s) => {
-                    if let Some(domain) = &s.domain {
-                        pending
-                            .job_owners
-                            .insert(*job_id, (domain.as_str().to_owned(), s.tenant_id));
-                    }
-                }
+                JobEvent::JobScheduled(s) => pending.scheduled(*job_id, s),
                 JobEvent::JobSucceeded { outcome, .. }
                     if !matches!(outcome, StepOutcome::Changed { .. })
                         && !pending.job_owners.contains_key(job_id) =>
@@ -102,11 +96,7 @@ impl Projector for ProvisioningProjector {
             .map_err(|e| blame_first(events)(e.into()))?;
             for (job_id, Json(event)) in scheduled {
                 if let (Ok(job_id), JobEvent::JobScheduled(s)) = (job_id.parse::<Uuid>(), event) {
-                    if let Some(domain) = s.domain {
-                        pending
-                            .job_owners
-                            .insert(job_id, (domain.as_str().to_owned(), s.tenant_id));
-                    }
+                    pending.scheduled(job_id, &s);
                 }
             }
         }
@@ -224,6 +214,14 @@ struct Pending {
 }
 
 impl Pending {
+    /// Job `job_id` was scheduled as `s`: its outcome belongs to `s`'s domain and tenant.
+    fn scheduled(&mut self, job_id: Uuid, s: &ScheduleJob) {
+        if let Some(domain) = &s.domain {
+            self.job_owners
+                .insert(job_id, (domain.as_str().to_owned(), s.tenant_id));
+        }
+    }
+
     /// A job for `domain` was scheduled: the domain belongs to its subscription from now on.
     fn register(&mut self, domain: &str, row: DomainRow) {
         match self.domains.get_mut(domain) {
