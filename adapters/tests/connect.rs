@@ -2,6 +2,14 @@
 
 use mpanel_adapters::config;
 use secrecy::SecretString;
+use sqlx::PgPool;
+
+async fn jit(pool: &PgPool) -> String {
+    sqlx::query_scalar("SHOW jit")
+        .fetch_one(pool)
+        .await
+        .expect("show jit")
+}
 
 /// JIT compiled the feed-status query for ~300 ms per call; mpanel's pools must not use it,
 /// whatever the server's default, including pools built from the pool's options (rebuilds).
@@ -11,19 +19,11 @@ async fn connections_run_without_jit() {
     let pool = config::connect(&SecretString::from(url), 2)
         .await
         .expect("connect");
-    let jit: String = sqlx::query_scalar("SHOW jit")
-        .fetch_one(&pool)
-        .await
-        .expect("show jit");
-    assert_eq!(jit, "off");
+    assert_eq!(jit(&pool).await, "off");
     let derived = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect_with(pool.connect_options().as_ref().clone())
         .await
         .expect("derived pool");
-    let jit: String = sqlx::query_scalar("SHOW jit")
-        .fetch_one(&derived)
-        .await
-        .expect("show jit");
-    assert_eq!(jit, "off");
+    assert_eq!(jit(&derived).await, "off");
 }
