@@ -59,18 +59,6 @@ pub struct Executed<A: Aggregate> {
     pub state: A,
 }
 
-/// A condition the appending statement checks atomically with the insert: an SQL boolean
-/// expression that reads its values from the jsonb parameter `$1` (e.g. "this price is still
-/// sold at this amount"). False → nothing is written ([`Created::PreconditionFailed`]).
-#[derive(Debug, Clone)]
-pub struct Precondition {
-    /// SQL boolean expression over `$1::jsonb` (a static string of the caller's: never built
-    /// from input).
-    pub sql: &'static str,
-    /// The values it reads.
-    pub params: serde_json::Value,
-}
-
 /// What [`AggregateBus::execute_new_if`] did.
 #[derive(Debug)]
 pub enum Created<A: Aggregate> {
@@ -82,8 +70,6 @@ pub enum Created<A: Aggregate> {
     /// Nothing written: the command decided nothing or was refused against the empty state
     /// (the ordinary path decides what that means for the real state).
     NotDecided,
-    /// Nothing written: the precondition was false at insert time.
-    PreconditionFailed,
 }
 
 /// The command path for one aggregate type.
@@ -162,21 +148,18 @@ async fn ring_loop(weak: std::sync::Weak<DoorbellInner>) {
 enum AppendError {
     /// An event with one of these sequence numbers exists: another writer won the race.
     Conflict,
-    /// The precondition was false.
-    Precondition,
     /// Anything else.
     Store(String),
 }
 
 /// One statement for the whole append: the rows come from arrays in sequence order (identity
-/// values, hence feed order within the transaction, follow `ORDER BY`), and the optional
-/// precondition (`$1`) is checked by the same statement.
+/// values, hence feed order within the transaction, follow `ORDER BY`).
 const APPEND_SQL: &str = "INSERT INTO events \
        (aggregate_type, aggregate_id, sequence, event_type, event_version, payload, metadata) \
-     SELECT $2, $3, e.sequence, e.event_type, e.event_version, e.payload, $4 \
-     FROM UNNEST($5::bigint[], $6::text[], $7::text[], $8::jsonb[]) \
+     SELECT $1, $2, e.sequence, e.event_type, e.event_version, e.payload, $3 \
+     FROM UNNEST($4::bigint[], $5::text[], $6::text[], $7::jsonb[]) \
        AS e(sequence, event_type, event_version, payload) \
-     WHERE ";
+     ORDER BY e.sequence";
 
 impl<A> AggregateBus<A>
 where
@@ -203,14 +186,13 @@ where
     }
 
     /// Appends `events` after sequence `after` with `metadata`, in one statement (one round
-    /// trip, atomic without an explicit transaction), when `precondition` holds.
+    /// trip, atomic without an explicit transaction).
     async fn append(
         &self,
         aggregate_id: &str,
         after: usize,
         events: Vec<A::Event>,
         metadata: &HashMap<String, String>,
-        precondition: Option<&Precondition>,
     ) -> Result<Vec<EventEnvelope<A>>, AppendError> {
         let n = events.len();
         let mut sequences = Vec::with_capacity(n);
@@ -226,14 +208,7 @@ where
         }
         let metadata_json =
             serde_json::to_value(metadata).map_err(|e| AppendError::Store(e.to_string()))?;
-        let (condition, params) = match precondition {
-            Some(p) => (p.sql, p.params.clone()),
-            // JSON `null` is not SQL NULL: always true, and `$1` keeps its declared type.
-            None => ("$1::jsonb IS NOT NULL", serde_json::Value::Null),
-        };
-        let sql = format!("{APPEND_SQL}{condition} ORDER BY e.sequence");
-        let result = sqlx::query(&sql)
-            .bind(params)
+        let result = sqlx::query(APPEND_SQL)
             .bind(A::TYPE)
             .bind(aggregate_id)
             .bind(&metadata_json)
@@ -244,7 +219,6 @@ where
             .execute(&self.pool)
             .await;
         match result {
-            Ok(done) if done.rows_affected() == 0 => Err(AppendError::Precondition),
             Ok(_) => {
                 self.doorbell.ring();
                 for event in &events {
@@ -269,8 +243,7 @@ where
     }
 
     /// Executes a command that normally *creates* aggregate `id`, without loading it: decides
-    /// against the empty state and appends from sequence 1, checking `precondition` in the same
-    /// statement. An existing aggregate makes the insert conflict on the primary key and nothing
+    /// against the empty state and appends from sequence 1. An existing aggregate makes the insert conflict on the primary key and nothing
     /// is written, so the caller can take the ordinary path ([`Self::execute`]), which decides
     /// against the real state: the outcome is what `execute` alone would have decided, one
     /// round trip instead of two for the common case of a new id.
@@ -282,7 +255,6 @@ where
         id: Uuid,
         command: A::Command,
         metadata: &EventMetadata,
-        precondition: Option<&Precondition>,
     ) -> Result<Created<A>, BusError<A::Error>> {
         let metadata = with_trace(metadata);
         let mut aggregate = A::default();
@@ -294,16 +266,12 @@ where
         if events.is_empty() {
             return Ok(Created::NotDecided);
         }
-        match self
-            .append(&id.to_string(), 0, events, &metadata, precondition)
-            .await
-        {
+        match self.append(&id.to_string(), 0, events, &metadata).await {
             Ok(events) => Ok(Created::Appended(Executed {
                 events,
                 state: aggregate,
             })),
             Err(AppendError::Conflict) => Ok(Created::Exists),
-            Err(AppendError::Precondition) => Ok(Created::PreconditionFailed),
             Err(AppendError::Store(e)) => Err(BusError::Store(e)),
         }
     }
@@ -367,15 +335,11 @@ where
                 history.len(),
                 events,
                 &with_trace(metadata),
-                None,
             )
             .await
         {
             Ok(events) => Ok(Executed { events, state }),
             Err(AppendError::Conflict) => self.execute(id, command, metadata).await,
-            Err(AppendError::Precondition) => Err(BusError::Store(
-                "append without a precondition wrote nothing".into(),
-            )),
             Err(AppendError::Store(e)) => Err(BusError::Store(e)),
         }
     }
@@ -416,13 +380,7 @@ where
                 });
             }
             match self
-                .append(
-                    &aggregate_id,
-                    context.current_sequence,
-                    events,
-                    &metadata,
-                    None,
-                )
+                .append(&aggregate_id, context.current_sequence, events, &metadata)
                 .await
             {
                 Ok(events) => return Ok(Executed { events, state }),
@@ -434,11 +392,6 @@ where
                 Err(AppendError::Conflict) => {
                     return Err(BusError::Contended(aggregate_id, self.max_retries));
                 }
-                Err(AppendError::Precondition) => {
-                    return Err(BusError::Store(
-                        "append without a precondition wrote nothing".into(),
-                    ))
-                }
                 Err(AppendError::Store(e)) => return Err(BusError::Store(e)),
             }
         }
@@ -447,7 +400,7 @@ where
 
 /// The command's metadata as stored; without a trace context, the current span's (an
 /// operator's request, say).
-fn with_trace(metadata: &EventMetadata) -> HashMap<String, String> {
+pub(crate) fn with_trace(metadata: &EventMetadata) -> HashMap<String, String> {
     let mut metadata = metadata.to_map();
     if !metadata.contains_key("traceparent") {
         if let Some(traceparent) = crate::telemetry::current_traceparent() {
@@ -476,6 +429,8 @@ pub struct CommandBus {
     pub subscriptions: AggregateBus<Subscription>,
     /// Jobs.
     pub jobs: AggregateBus<Job>,
+    /// The order webhook's appends, grouped with concurrent webhooks' (docs/adr/0022).
+    pub order_intake: crate::group_commit::GroupAppender<Order>,
     /// Prices the order webhook recently sold (its fast path, docs/adr/0017): per process,
     /// like the bus, and re-checked by every append that uses it.
     pub catalog: crate::intake::CatalogCache,
@@ -497,7 +452,13 @@ impl CommandBus {
             products: AggregateBus::with_doorbell(pool.clone(), max_retries, bell.clone()),
             orders: AggregateBus::with_doorbell(pool.clone(), max_retries, bell.clone()),
             subscriptions: AggregateBus::with_doorbell(pool.clone(), max_retries, bell.clone()),
-            jobs: AggregateBus::with_doorbell(pool.clone(), max_retries, bell),
+            jobs: AggregateBus::with_doorbell(pool.clone(), max_retries, bell.clone()),
+            order_intake: crate::group_commit::GroupAppender::new(
+                pool,
+                bell,
+                crate::intake::SNAPSHOT_STILL_SOLD,
+                crate::group_commit::DEFAULT_WRITERS,
+            ),
             catalog: crate::intake::CatalogCache::default(),
         }
     }

@@ -22,7 +22,8 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::bus::{BusError, CommandBus, Created, Precondition};
+use crate::bus::{BusError, CommandBus};
+use crate::group_commit::Grouped;
 use crate::metadata::EventMetadata;
 
 /// A validated order request.
@@ -149,36 +150,37 @@ impl CatalogCache {
 }
 
 /// The append's precondition on the fast path: the tenant exists and the price is still sold,
-/// with exactly the snapshot the order carries — checked by the inserting statement itself.
-const SNAPSHOT_STILL_SOLD: &str = "EXISTS (SELECT 1 FROM tenants t \
+/// with exactly the snapshot the order carries (`want`, from [`still_sold`]) — checked by the
+/// inserting statement itself, row by row (crate::group_commit).
+pub const SNAPSHOT_STILL_SOLD: &str = "EXISTS (SELECT 1 FROM tenants t \
        JOIN prices pr ON pr.tenant_id = t.id JOIN products p ON p.id = pr.product_id \
-     WHERE t.id = ($1->>'tenantId')::uuid AND pr.id = ($1->>'priceId')::uuid \
-       AND pr.active AND NOT p.archived AND p.id = ($1->>'productId')::uuid \
-       AND p.name = $1->>'productName' AND p.plan = ARRAY(SELECT jsonb_array_elements_text($1->'plan')) \
-       AND pr.amount_minor = ($1->>'amountMinor')::bigint AND pr.currency = $1->>'currency' \
-       AND pr.interval = $1->>'interval')";
+     WHERE t.id = (want->>'tenantId')::uuid AND pr.id = (want->>'priceId')::uuid \
+       AND pr.active AND NOT p.archived AND p.id = (want->>'productId')::uuid \
+       AND p.name = want->>'productName' \
+       AND p.plan = ARRAY(SELECT jsonb_array_elements_text(want->'plan')) \
+       AND pr.amount_minor = (want->>'amountMinor')::bigint AND pr.currency = want->>'currency' \
+       AND pr.interval = want->>'interval')";
 
-fn still_sold(price_id: Uuid, row: &PriceRow) -> Precondition {
-    Precondition {
-        sql: SNAPSHOT_STILL_SOLD,
-        params: serde_json::json!({
-            "tenantId": row.tenant_id,
-            "priceId": price_id,
-            "productId": row.product_id,
-            "productName": row.product_name,
-            "plan": row.plan,
-            "amountMinor": row.amount_minor,
-            "currency": row.currency,
-            "interval": row.interval,
-        }),
-    }
+/// The snapshot [`SNAPSHOT_STILL_SOLD`] compares with the catalog.
+fn still_sold(price_id: Uuid, row: &PriceRow) -> serde_json::Value {
+    serde_json::json!({
+        "tenantId": row.tenant_id,
+        "priceId": price_id,
+        "productId": row.product_id,
+        "productName": row.product_name,
+        "plan": row.plan,
+        "amountMinor": row.amount_minor,
+        "currency": row.currency,
+        "interval": row.interval,
+    })
 }
 
 /// Places (or recognises) an order.
 ///
-/// The common case — a new payment for a price that is sold — takes one round trip: the price
-/// comes from [`CatalogCache`] and the `OrderPlaced` is appended at sequence 1 without loading
-/// the (empty) aggregate, under a precondition that re-checks the price. Anything else (the
+/// The common case — a new payment for a price that is sold — costs no query of its own: the
+/// price comes from [`CatalogCache`] and the `OrderPlaced` is appended at sequence 1 without
+/// loading the (empty) aggregate, together with concurrent webhooks' orders
+/// ([`crate::group_commit`]), under a precondition that re-checks the price. Anything else (the
 /// order exists: a duplicate webhook; the price changed; the plan needs a domain) takes the
 /// ordinary path — fresh lookups, load, decide — so duplicate semantics (docs/adr/0005) are
 /// decided by the aggregate exactly as before.
@@ -213,22 +215,24 @@ pub async fn place_order(
     };
     if let Some(row) = row.filter(PriceRow::sold) {
         let command = place_command(&request, tenant_id, &row)?;
-        let created = bus
-            .orders
-            .execute_new_if(
+        let grouped = bus
+            .order_intake
+            .create(
                 order_id,
                 command,
                 &metadata,
-                Some(&still_sold(request.price_id, &row)),
+                still_sold(request.price_id, &row),
             )
             .await
             .map_err(storage)?;
-        match created {
-            Created::Appended(executed) => {
+        match grouped {
+            Grouped::Appended(executed) => {
                 return Ok(IntakeOutcome::Created(answer(order_id, &executed.state)));
             }
-            Created::PreconditionFailed => bus.catalog.forget(tenant_id, request.price_id),
-            Created::Exists | Created::NotDecided => {}
+            // The order exists (a duplicate) or the catalog changed: the statement does not
+            // say which, so the cached price is dropped either way (a lookup is cheap).
+            Grouped::NotWritten => bus.catalog.forget(tenant_id, request.price_id),
+            Grouped::NotDecided => {}
         }
     }
     place_loaded(pool, bus, &request, tenant_id, order_id, &metadata).await

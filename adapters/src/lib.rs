@@ -7,6 +7,7 @@
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod group_commit;
 pub mod http;
 pub mod intake;
 pub mod metadata;

@@ -231,12 +231,9 @@ where
     A::Command: Clone + Send + Sync,
     A::Error: Send + Sync + 'static,
 {
-    match bus
-        .execute_new_if(id, command.clone(), metadata, None)
-        .await
-    {
+    match bus.execute_new_if(id, command.clone(), metadata).await {
         Ok(Created::Appended(executed)) => Ok(executed.events),
-        Ok(Created::Exists | Created::NotDecided | Created::PreconditionFailed) => bus
+        Ok(Created::Exists | Created::NotDecided) => bus
             .execute(id, command, metadata)
             .await
             .map(|executed| executed.events)

@@ -50,13 +50,13 @@ async fn creating_an_existing_aggregate_writes_nothing_and_says_so(pool: PgPool)
     let command = schedule();
     let first = bus
         .jobs
-        .execute_new_if(id, command.clone(), &meta, None)
+        .execute_new_if(id, command.clone(), &meta)
         .await
         .expect("append");
     assert!(matches!(first, Created::Appended(_)));
     let again = bus
         .jobs
-        .execute_new_if(id, command.clone(), &meta, None)
+        .execute_new_if(id, command.clone(), &meta)
         .await
         .expect("no store error");
     assert!(matches!(again, Created::Exists));

@@ -1,0 +1,184 @@
+//! Group commit answers each request as its own one-statement append would have: written only
+//! when the aggregate had no event and the row's precondition held, whatever else shared the
+//! statement — a duplicate, a false precondition, a row that makes the statement fail, a
+//! writer connection that died.
+
+use chrono::Utc;
+use futures::future::join_all;
+use mpanel_adapters::bus::Doorbell;
+use mpanel_adapters::group_commit::{GroupAppender, Grouped};
+use mpanel_adapters::metadata::EventMetadata;
+use mpanel_domain::job::{Job, JobAction, JobCommand, ScheduleJob};
+use mpanel_domain::step::ProvisioningStep;
+use serde_json::json;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// The test precondition: the row's `want` says `"ok": true`. `"ok": "no"` cannot be cast and
+/// makes the whole statement fail.
+const WANT_OK: &str = "(want->>'ok')::boolean";
+
+fn appender(pool: &PgPool) -> GroupAppender<Job> {
+    GroupAppender::new(pool, Doorbell::new(pool.clone()), WANT_OK, 1)
+}
+
+fn schedule() -> JobCommand {
+    JobCommand::Schedule(ScheduleJob {
+        subscription_id: Uuid::new_v4(),
+        order_id: Uuid::new_v4(),
+        tenant_id: Uuid::new_v4(),
+        step: ProvisioningStep::Dns,
+        domain: None,
+        max_attempts: 3,
+        due_at: Utc::now(),
+        action: JobAction::Provision,
+        generation: 0,
+    })
+}
+
+async fn create(
+    appender: &GroupAppender<Job>,
+    id: Uuid,
+    want: serde_json::Value,
+) -> Result<Grouped<Job>, String> {
+    appender
+        .create(id, schedule(), &EventMetadata::new("test"), want)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+async fn events_of(pool: &PgPool, id: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
+        .bind(id.to_string())
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+async fn transactions(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(DISTINCT tx_id) FROM events")
+        .fetch_one(pool)
+        .await
+        .expect("count")
+}
+
+fn appended(outcome: &Result<Grouped<Job>, String>) -> bool {
+    matches!(outcome, Ok(Grouped::Appended(e)) if e.events.len() == 1 && e.events[0].sequence == 1)
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn concurrent_creates_share_one_statement_and_each_is_written(pool: PgPool) {
+    let appender = appender(&pool);
+    let ids: Vec<Uuid> = (0..32).map(|_| Uuid::new_v4()).collect();
+    let outcomes = join_all(
+        ids.iter()
+            .map(|id| create(&appender, *id, json!({"ok": true}))),
+    )
+    .await;
+    assert!(outcomes.iter().all(appended), "{outcomes:?}");
+    for id in &ids {
+        assert_eq!(events_of(&pool, *id).await, 1);
+    }
+    // All 32 were waiting when the writer woke: one statement, one transaction.
+    assert_eq!(transactions(&pool).await, 1);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_duplicate_a_false_precondition_and_an_existing_aggregate_are_not_written(pool: PgPool) {
+    let appender = appender(&pool);
+    let existing = Uuid::new_v4();
+    assert!(appended(
+        &create(&appender, existing, json!({"ok": true})).await
+    ));
+
+    let (twice, refused, fine) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let outcomes = join_all([
+        create(&appender, twice, json!({"ok": true})),
+        create(&appender, twice, json!({"ok": true})),
+        create(&appender, refused, json!({"ok": false})),
+        create(&appender, existing, json!({"ok": true})),
+        create(&appender, fine, json!({"ok": true})),
+    ])
+    .await;
+    assert!(appended(&outcomes[0]), "{:?}", outcomes[0]);
+    assert!(
+        matches!(outcomes[1], Ok(Grouped::NotWritten)),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(
+        matches!(outcomes[2], Ok(Grouped::NotWritten)),
+        "{:?}",
+        outcomes[2]
+    );
+    assert!(
+        matches!(outcomes[3], Ok(Grouped::NotWritten)),
+        "{:?}",
+        outcomes[3]
+    );
+    assert!(appended(&outcomes[4]), "{:?}", outcomes[4]);
+    assert_eq!(events_of(&pool, twice).await, 1);
+    assert_eq!(events_of(&pool, refused).await, 0);
+    assert_eq!(events_of(&pool, existing).await, 1);
+    assert_eq!(events_of(&pool, fine).await, 1);
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_row_that_fails_the_statement_does_not_fail_its_neighbours(pool: PgPool) {
+    let appender = appender(&pool);
+    let (before, bad, after) = (Uuid::new_v4(), Uuid::new_v4(), Uuid::new_v4());
+    let outcomes = join_all([
+        create(&appender, before, json!({"ok": true})),
+        create(&appender, bad, json!({"ok": "no"})),
+        create(&appender, after, json!({"ok": true})),
+    ])
+    .await;
+    assert!(appended(&outcomes[0]), "{:?}", outcomes[0]);
+    assert!(
+        matches!(outcomes[1], Ok(Grouped::NotWritten)),
+        "{:?}",
+        outcomes[1]
+    );
+    assert!(appended(&outcomes[2]), "{:?}", outcomes[2]);
+    assert_eq!(events_of(&pool, bad).await, 0);
+    assert_eq!(
+        events_of(&pool, before).await + events_of(&pool, after).await,
+        2
+    );
+}
+
+#[sqlx::test(migrations = "../migrations")]
+async fn a_lost_writer_connection_fails_its_group_and_the_next_one_reconnects(pool: PgPool) {
+    let appender = appender(&pool);
+    assert!(appended(
+        &create(&appender, Uuid::new_v4(), json!({"ok": true})).await
+    ));
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE datname = current_database() AND pid <> pg_backend_pid() \
+           AND query LIKE 'WITH checked AS MATERIALIZED%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("terminate");
+    assert_eq!(
+        killed,
+        [true],
+        "the writer's connection was found and terminated"
+    );
+
+    // The group that meets the dead connection fails as a whole, with a storage error and
+    // nothing written; the writer opens a fresh connection for the next group.
+    let unlucky = Uuid::new_v4();
+    let failed = create(&appender, unlucky, json!({"ok": true})).await;
+    assert!(
+        matches!(&failed, Err(e) if e.starts_with("event store:")),
+        "{failed:?}"
+    );
+    assert_eq!(events_of(&pool, unlucky).await, 0);
+    let next = Uuid::new_v4();
+    assert!(appended(
+        &create(&appender, next, json!({"ok": true})).await
+    ));
+    assert_eq!(events_of(&pool, next).await, 1);
+}
