@@ -5,15 +5,26 @@
 //! throughput) and open loop (`--rate R --seconds S`: R new orders per second regardless of
 //! answers — latency under a steady load). Each order has a fresh payment intent and domain, so
 //! every request does the full intake work (no duplicate short-cut).
+//!
+//! The closed loop shares two cores with the server and Postgres, so what it spends is taken
+//! from what it measures: each of its N workers keeps one HTTP/1.1 connection and drives it
+//! through hyper's connection API (no client pool, no per-request URL parsing), and an order's
+//! unique values come from a per-run random prefix and a counter, not a random draw each.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use bytes::Bytes;
 use clap::Parser;
+use http_body_util::{BodyExt, Full};
 use serde_json::json;
 use uuid::Uuid;
+
+/// The load generator's allocator, the same as the server's.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Load generator for the order webhook.
 #[derive(Parser, Debug)]
@@ -58,10 +69,85 @@ fn order(args: &Args) -> serde_json::Value {
     })
 }
 
+/// Order `i` of a closed-loop run whose orders all carry `run` (unique per run): the same
+/// shape as [`order`], without a random draw per request.
+fn numbered_order(args: &Args, run: &str, i: u64) -> String {
+    let id = format!("{run}{i:012x}");
+    json!({
+        "tenantSlug": args.tenant,
+        "priceId": args.price,
+        "customerEmail": format!("bench-{id}@example.com"),
+        "stripePaymentIntentId": format!("pi_bench_{id}"),
+        "domain": format!("b{id}.bench.example"),
+    })
+    .to_string()
+}
+
+/// A closed-loop worker: one keep-alive connection to `url`, one request at a time, until the
+/// run's `count` orders are taken.
+async fn closed_loop_worker(
+    url: String,
+    args: Arc<Args>,
+    run: Arc<str>,
+    next: Arc<AtomicU64>,
+    tally: Arc<Tally>,
+) -> Result<()> {
+    let authority = url
+        .strip_prefix("http://")
+        .context("the closed loop speaks plain http:// only")?
+        .trim_end_matches('/')
+        .to_owned();
+    let stream = tokio::net::TcpStream::connect(&authority)
+        .await
+        .with_context(|| format!("connecting to {authority}"))?;
+    stream.set_nodelay(true)?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    loop {
+        let i = next.fetch_add(1, Ordering::Relaxed);
+        if i >= args.count {
+            return Ok(());
+        }
+        let request = hyper::Request::post("/api/orders")
+            .header(hyper::header::HOST, &authority)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header("x-internal-key", &args.key)
+            .body(Full::new(Bytes::from(numbered_order(&args, &run, i))))?;
+        let started = Instant::now();
+        sender.ready().await?;
+        let response = sender.send_request(request).await;
+        let ok = match response {
+            Ok(response) => {
+                let success = response.status().is_success();
+                // Read the answer to the end so the connection can carry the next request.
+                response.into_body().collect().await.is_ok() && success
+            }
+            Err(_) => false,
+        };
+        tally.record(ok, started);
+    }
+}
+
 struct Tally {
     ok: AtomicU64,
     failed: AtomicU64,
-    latencies_us: tokio::sync::Mutex<Vec<u64>>,
+    latencies_us: std::sync::Mutex<Vec<u64>>,
+}
+
+impl Tally {
+    /// Counts one answer; a success's latency since `started` joins the percentiles.
+    fn record(&self, ok: bool, started: Instant) {
+        let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        if ok {
+            self.ok.fetch_add(1, Ordering::Relaxed);
+            if let Ok(mut latencies) = self.latencies_us.lock() {
+                latencies.push(micros);
+            }
+        } else {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+        }
+    }
 }
 
 async fn one(client: &reqwest::Client, url: &str, args: &Args, tally: &Tally) {
@@ -72,16 +158,7 @@ async fn one(client: &reqwest::Client, url: &str, args: &Args, tally: &Tally) {
         .json(&order(args))
         .send()
         .await;
-    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-    match result {
-        Ok(r) if r.status().is_success() => {
-            tally.ok.fetch_add(1, Ordering::Relaxed);
-            tally.latencies_us.lock().await.push(micros);
-        }
-        _ => {
-            tally.failed.fetch_add(1, Ordering::Relaxed);
-        }
-    }
+    tally.record(matches!(result, Ok(r) if r.status().is_success()), started);
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
@@ -103,7 +180,7 @@ async fn main() -> Result<()> {
     let tally = Arc::new(Tally {
         ok: AtomicU64::new(0),
         failed: AtomicU64::new(0),
-        latencies_us: tokio::sync::Mutex::new(Vec::new()),
+        latencies_us: std::sync::Mutex::new(Vec::new()),
     });
     let started = Instant::now();
     if let Some(rate) = args.rate {
@@ -124,28 +201,29 @@ async fn main() -> Result<()> {
         }
     } else {
         let next = Arc::new(AtomicU64::new(0));
+        let run: Arc<str> = Uuid::new_v4().simple().to_string()[..12].into();
         let workers: Vec<_> = (0..args.concurrency.max(1))
-            .map(|_| {
-                let (client, args, tally, next) =
-                    (client.clone(), args.clone(), tally.clone(), next.clone());
-                tokio::spawn(async move {
-                    loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= args.count {
-                            break;
-                        }
-                        let url = &args.urls[usize::try_from(i).unwrap_or(0) % args.urls.len()];
-                        one(&client, url, &args, &tally).await;
-                    }
-                })
+            .map(|w| {
+                let url = args.urls[w % args.urls.len()].clone();
+                tokio::spawn(closed_loop_worker(
+                    url,
+                    args.clone(),
+                    run.clone(),
+                    next.clone(),
+                    tally.clone(),
+                ))
             })
             .collect();
         for w in workers {
-            let _ = w.await;
+            w.await.context("a closed-loop worker panicked")??;
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
-    let mut latencies = tally.latencies_us.lock().await.clone();
+    let mut latencies = tally
+        .latencies_us
+        .lock()
+        .map_err(|_| anyhow::anyhow!("a worker panicked while recording"))?
+        .clone();
     latencies.sort_unstable();
     let ok = tally.ok.load(Ordering::Relaxed);
     println!(
