@@ -129,6 +129,8 @@ json_field() { python3 -c "import json,sys; print(json.load(sys.stdin)['$1'])"; 
 # process (mpanel, postgres backends, the load generator) and mpanel's hottest symbols, plus the
 # statements Postgres ran per order (pg_stat_database deltas).
 if ((profile)); then
+  # Enough orders for a few seconds of samples at the group-committed intake's ~15 k/s.
+  PROFILE_ORDERS=40000
   command -v perf >/dev/null || die "perf is missing: apt-get install linux-perf"
   fresh_db
   start api "$BENCH_PORT" MPANEL_PROVISIONERS=instant MPANEL_ALLOW_FAKE_PROVISIONERS=1
@@ -141,7 +143,7 @@ if ((profile)); then
   # Record only this run's processes: mpanel api and the Postgres backends serving it (the
   # machine is shared; a system-wide profile would mix in other people's work).
   backends=$("${PSQL[@]}" -d postgres -c "SELECT string_agg(pid::text, ',') FROM pg_stat_activity WHERE datname = '$DB'")
-  "$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --concurrency 16 --count "$INTAKE_C16" --label profile >"$OUT/profile-loadgen.json" 2>/dev/null &
+  "$BIN/mpanel-loadgen" --url "http://127.0.0.1:$BENCH_PORT" --concurrency 16 --count "$PROFILE_ORDERS" --label profile >"$OUT/profile-loadgen.json" 2>/dev/null &
   loadgen=$!
   perf record -F 999 -o "$OUT/perf.data" -p "$api_pid,$backends" 2>/dev/null &
   perf_pid=$!
@@ -153,13 +155,13 @@ if ((profile)); then
   stop "$api_pid"
   {
     echo "== loadgen: $(cat "$OUT/profile-loadgen.json")"
-    python3 -c "n=$INTAKE_C16; print(f'== per order: {($x1-$x0)/n:.2f} transactions (statements outside BEGIN count one each), {($r1-$r0)/n:.1f} tuples returned, {($f1-$f0)/n:.1f} fetched, {($i1-$i0)/n:.2f} inserted')"
-    echo "== CPU samples: mpanel api (tokio-rt-worker threads) vs its Postgres backends"
+    python3 -c "n=$PROFILE_ORDERS; print(f'== per order: {($x1-$x0)/n:.2f} transactions (statements outside BEGIN count one each), {($r1-$r0)/n:.1f} tuples returned, {($f1-$f0)/n:.1f} fetched, {($i1-$i0)/n:.2f} inserted')"
+    echo "== CPU samples: mpanel api (tokio-rt-worker threads, the group-commit writer) vs its Postgres backends"
     perf report -i "$OUT/perf.data" --stdio --sort comm 2>/dev/null | grep -v '^#' | grep -v '^$'
     echo "== mpanel: hottest symbols (self), % of all samples"
-    perf report -i "$OUT/perf.data" --stdio --comm tokio-rt-worker,mpanel --sort dso,sym --percent-limit 0.4 2>/dev/null | grep -v '^#' | grep -v '^$' | head -50
+    perf report -i "$OUT/perf.data" --stdio --comm tokio-rt-worker,mpanel,group-commit --sort dso,sym --percent-limit 0.4 2>/dev/null | grep -v '^#' | grep -v '^$' | head -50
     echo "== mpanel: by library (self)"
-    perf report -i "$OUT/perf.data" --stdio --comm tokio-rt-worker,mpanel --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8
+    perf report -i "$OUT/perf.data" --stdio --comm tokio-rt-worker,mpanel,group-commit --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -8
     echo "== postgres backends: hottest symbols (self)"
     perf report -i "$OUT/perf.data" --stdio --comm postgres --sort sym --percent-limit 0.5 2>/dev/null | grep -v '^#' | grep -v '^$' | head -25
   } >"$OUT/profile.txt"

@@ -21,8 +21,9 @@ use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::values::{Email, TenantSlug};
 use secrecy::SecretString;
 
-/// The process's allocator: mimalloc spends about half of glibc malloc's CPU on the request
-/// path's many short-lived allocations (docs/adr/0022).
+/// The process's allocator: on the request path's many short-lived allocations mimalloc
+/// placed 13–18 % more orders per second than glibc malloc, for about twice the resident
+/// memory (peak ~90 MB in `serve` under load; docs/adr/0022).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
