@@ -257,15 +257,9 @@ where
         metadata: &EventMetadata,
     ) -> Result<Created<A>, BusError<A::Error>> {
         let metadata = with_trace(metadata);
-        let mut aggregate = A::default();
-        let sink = cqrs_es::event_sink::EventSink::default();
-        if aggregate.handle(command, &(), &sink).await.is_err() {
+        let Some((aggregate, events)) = decide_on_empty::<A>(command).await else {
             return Ok(Created::NotDecided);
-        }
-        let events = sink.collect().await;
-        if events.is_empty() {
-            return Ok(Created::NotDecided);
-        }
+        };
         match self.append(&id.to_string(), 0, events, &metadata).await {
             Ok(events) => Ok(Created::Appended(Executed {
                 events,
@@ -396,6 +390,19 @@ where
             }
         }
     }
+}
+
+/// Decides `command` against the empty aggregate: the state after it and its events, or
+/// `None` when it was refused or decided nothing there (a creating command's shortcuts then
+/// leave the decision to the ordinary path, on the real state).
+pub(crate) async fn decide_on_empty<A: Aggregate<Services = ()>>(
+    command: A::Command,
+) -> Option<(A, Vec<A::Event>)> {
+    let mut state = A::default();
+    let sink = cqrs_es::event_sink::EventSink::default();
+    state.handle(command, &(), &sink).await.ok()?;
+    let events = sink.collect().await;
+    (!events.is_empty()).then_some((state, events))
 }
 
 /// The command's metadata as stored; without a trace context, the current span's (an

@@ -7,7 +7,7 @@
 //! Postgres its own parse, bind, plan, commit and wake-ups. At 16 concurrent webhooks that was
 //! most of the intake's CPU on both sides (docs/benchmarks.md). Here a request decides its
 //! command against the empty state (as [`crate::bus::AggregateBus::execute_new_if`] does) and
-//! hands the one event to a writer task; each writer takes every request waiting at that
+//! hands the one event to a writer thread; each writer takes every request waiting at that
 //! moment and appends them with one `INSERT … ON CONFLICT DO NOTHING … RETURNING` on a
 //! connection of its own (no pings). Nothing waits for a group to fill: a request that finds
 //! a writer idle is written at once, alone, so a quiet system pays no latency for this.
@@ -28,7 +28,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
-use crate::bus::{with_trace, BusError, Doorbell, Executed};
+use crate::bus::{decide_on_empty, with_trace, BusError, Doorbell, Executed};
 use crate::metadata::EventMetadata;
 
 /// The most requests one statement appends.
@@ -68,13 +68,15 @@ struct Pending {
 /// Appends creating commands of aggregate type `A` in groups, each under a precondition.
 pub struct GroupAppender<A> {
     inner: Arc<Inner>,
+    /// Unbounded, because what waits here is bounded already: one entry per webhook request
+    /// in flight, each under the router's request timeout.
     sender: mpsc::UnboundedSender<Pending>,
     receiver: Arc<Mutex<mpsc::UnboundedReceiver<Pending>>>,
     started: Once,
     aggregate: PhantomData<fn() -> A>,
 }
 
-/// What the writer tasks share.
+/// What the writers share.
 struct Inner {
     options: PgConnectOptions,
     sql: String,
@@ -125,6 +127,9 @@ where
         let (sender, receiver) = mpsc::unbounded_channel();
         Self {
             inner: Arc::new(Inner {
+                // A generic plan, made once: Postgres otherwise kept re-planning the
+                // precondition's joins for every statement (a custom plan looked cheaper), which
+                // was a third of the writer's Postgres CPU (docs/benchmarks.md).
                 options: (*pool.connect_options())
                     .clone()
                     .options([("plan_cache_mode", "force_generic_plan")]),
@@ -154,12 +159,9 @@ where
         params: serde_json::Value,
     ) -> Result<Grouped<A>, BusError<A::Error>> {
         let metadata = with_trace(metadata);
-        let mut state = A::default();
-        let sink = cqrs_es::event_sink::EventSink::default();
-        if state.handle(command, &(), &sink).await.is_err() {
+        let Some((state, mut events)) = decide_on_empty::<A>(command).await else {
             return Ok(Grouped::NotDecided);
-        }
-        let mut events = sink.collect().await;
+        };
         let (Some(event), true) = (events.pop(), events.is_empty()) else {
             return Ok(Grouped::NotDecided);
         };
@@ -203,7 +205,7 @@ where
     /// Each writer is a thread with a runtime of its own, not a task among the HTTP requests':
     /// the writer is the one serial step every new order passes through, and as a task its
     /// wake-up when Postgres answered queued behind whatever requests were ready on the
-    /// process's workers (as a thread: ~10 % more orders per second at c16, ADR 0022). If the
+    /// process's workers (as a thread: 3–8 % more orders per second at c16, ADR 0022). If the
     /// thread or its runtime cannot be made, the writer runs as a task.
     fn start(&self) {
         self.started.call_once(|| {
@@ -258,10 +260,9 @@ async fn write_groups(inner: Arc<Inner>, receiver: Arc<Mutex<mpsc::UnboundedRece
         let outcomes = match outcomes {
             Ok(written) => written.into_iter().map(Ok).collect(),
             Err(e) => {
-                // The connection may be broken or mid-transaction: open a fresh one next time.
-                if let Some(c) = connection.take() {
-                    drop(c.close().await);
-                }
+                // The connection may be broken: drop it (no goodbye that could hang on a dead
+                // socket) and open a fresh one for the next group.
+                connection = None;
                 tracing::warn!(error = %e, requests = group.len(), "group append failed");
                 vec![Err(e.to_string()); group.len()]
             }

@@ -2,27 +2,15 @@
 //! aggregate that exists already, and `execute_after` from a history another writer has since
 //! extended, write nothing and leave the decision to a fresh load.
 
+mod common;
+
 use chrono::Utc;
+use common::{event_count, schedule};
 use mpanel_adapters::bus::{BusError, CommandBus, Created};
 use mpanel_adapters::metadata::EventMetadata;
-use mpanel_domain::job::{JobAction, JobCommand, JobError, ScheduleJob, StepOutcome};
-use mpanel_domain::step::ProvisioningStep;
+use mpanel_domain::job::{JobCommand, JobError, StepOutcome};
 use sqlx::PgPool;
 use uuid::Uuid;
-
-fn schedule() -> JobCommand {
-    JobCommand::Schedule(ScheduleJob {
-        subscription_id: Uuid::new_v4(),
-        order_id: Uuid::new_v4(),
-        tenant_id: Uuid::new_v4(),
-        step: ProvisioningStep::Dns,
-        domain: None,
-        max_attempts: 3,
-        due_at: Utc::now(),
-        action: JobAction::Provision,
-        generation: 0,
-    })
-}
 
 fn start() -> JobCommand {
     let now = Utc::now();
@@ -32,14 +20,6 @@ fn start() -> JobCommand {
         lease_until: now + chrono::Duration::seconds(60),
         at: now,
     }
-}
-
-async fn event_count(pool: &PgPool, id: Uuid) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
-        .bind(id.to_string())
-        .fetch_one(pool)
-        .await
-        .expect("count")
 }
 
 #[sqlx::test(migrations = "../migrations")]

@@ -3,13 +3,14 @@
 //! statement — a duplicate, a false precondition, a row that makes the statement fail, a
 //! writer connection that died.
 
-use chrono::Utc;
+mod common;
+
+use common::{event_count, schedule};
 use futures::future::join_all;
 use mpanel_adapters::bus::Doorbell;
 use mpanel_adapters::group_commit::{GroupAppender, Grouped};
 use mpanel_adapters::metadata::EventMetadata;
-use mpanel_domain::job::{Job, JobAction, JobCommand, ScheduleJob};
-use mpanel_domain::step::ProvisioningStep;
+use mpanel_domain::job::Job;
 use serde_json::json;
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -20,20 +21,6 @@ const WANT_OK: &str = "(want->>'ok')::boolean";
 
 fn appender(pool: &PgPool) -> GroupAppender<Job> {
     GroupAppender::new(pool, Doorbell::new(pool.clone()), WANT_OK, 1)
-}
-
-fn schedule() -> JobCommand {
-    JobCommand::Schedule(ScheduleJob {
-        subscription_id: Uuid::new_v4(),
-        order_id: Uuid::new_v4(),
-        tenant_id: Uuid::new_v4(),
-        step: ProvisioningStep::Dns,
-        domain: None,
-        max_attempts: 3,
-        due_at: Utc::now(),
-        action: JobAction::Provision,
-        generation: 0,
-    })
 }
 
 async fn create(
@@ -47,19 +34,15 @@ async fn create(
         .map_err(|e| e.to_string())
 }
 
-async fn events_of(pool: &PgPool, id: Uuid) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM events WHERE aggregate_id = $1")
-        .bind(id.to_string())
-        .fetch_one(pool)
-        .await
-        .expect("count")
-}
-
 async fn transactions(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(DISTINCT tx_id) FROM events")
         .fetch_one(pool)
         .await
         .expect("count")
+}
+
+fn not_written(outcome: &Result<Grouped<Job>, String>) -> bool {
+    matches!(outcome, Ok(Grouped::NotWritten))
 }
 
 fn appended(outcome: &Result<Grouped<Job>, String>) -> bool {
@@ -89,7 +72,7 @@ async fn concurrent_creates_share_a_statement_and_each_is_written(pool: PgPool) 
     );
     assert!(outcomes.iter().all(appended), "{outcomes:?}");
     for id in &ids {
-        assert_eq!(events_of(&pool, *id).await, 1);
+        assert_eq!(event_count(&pool, *id).await, 1);
     }
     // The statement that waited on the lock took what had arrived when it started; every
     // other request was waiting when it ended, and went in the next one.
@@ -118,26 +101,14 @@ async fn a_duplicate_a_false_precondition_and_an_existing_aggregate_are_not_writ
     ])
     .await;
     assert!(appended(&outcomes[0]), "{:?}", outcomes[0]);
-    assert!(
-        matches!(outcomes[1], Ok(Grouped::NotWritten)),
-        "{:?}",
-        outcomes[1]
-    );
-    assert!(
-        matches!(outcomes[2], Ok(Grouped::NotWritten)),
-        "{:?}",
-        outcomes[2]
-    );
-    assert!(
-        matches!(outcomes[3], Ok(Grouped::NotWritten)),
-        "{:?}",
-        outcomes[3]
-    );
+    assert!(not_written(&outcomes[1]), "{:?}", outcomes[1]);
+    assert!(not_written(&outcomes[2]), "{:?}", outcomes[2]);
+    assert!(not_written(&outcomes[3]), "{:?}", outcomes[3]);
     assert!(appended(&outcomes[4]), "{:?}", outcomes[4]);
-    assert_eq!(events_of(&pool, twice).await, 1);
-    assert_eq!(events_of(&pool, refused).await, 0);
-    assert_eq!(events_of(&pool, existing).await, 1);
-    assert_eq!(events_of(&pool, fine).await, 1);
+    assert_eq!(event_count(&pool, twice).await, 1);
+    assert_eq!(event_count(&pool, refused).await, 0);
+    assert_eq!(event_count(&pool, existing).await, 1);
+    assert_eq!(event_count(&pool, fine).await, 1);
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -151,15 +122,11 @@ async fn a_row_that_fails_the_statement_does_not_fail_its_neighbours(pool: PgPoo
     ])
     .await;
     assert!(appended(&outcomes[0]), "{:?}", outcomes[0]);
-    assert!(
-        matches!(outcomes[1], Ok(Grouped::NotWritten)),
-        "{:?}",
-        outcomes[1]
-    );
+    assert!(not_written(&outcomes[1]), "{:?}", outcomes[1]);
     assert!(appended(&outcomes[2]), "{:?}", outcomes[2]);
-    assert_eq!(events_of(&pool, bad).await, 0);
+    assert_eq!(event_count(&pool, bad).await, 0);
     assert_eq!(
-        events_of(&pool, before).await + events_of(&pool, after).await,
+        event_count(&pool, before).await + event_count(&pool, after).await,
         2
     );
 }
@@ -192,10 +159,10 @@ async fn a_lost_writer_connection_fails_its_group_and_the_next_one_reconnects(po
         matches!(&failed, Err(e) if e.starts_with("event store:")),
         "{failed:?}"
     );
-    assert_eq!(events_of(&pool, unlucky).await, 0);
+    assert_eq!(event_count(&pool, unlucky).await, 0);
     let next = Uuid::new_v4();
     assert!(appended(
         &create(&appender, next, json!({"ok": true})).await
     ));
-    assert_eq!(events_of(&pool, next).await, 1);
+    assert_eq!(event_count(&pool, next).await, 1);
 }
