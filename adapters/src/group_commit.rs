@@ -188,6 +188,9 @@ where
         if !written {
             return Ok(Grouped::NotWritten);
         }
+        // Rung from the request's task, not the writer thread: the doorbell's loop starts on
+        // the runtime of its first ring, and that should be the process's own.
+        self.inner.doorbell.ring();
         crate::metrics::event_appended(pending_type);
         Ok(Grouped::Appended(Executed {
             events: vec![EventEnvelope {
@@ -267,9 +270,6 @@ async fn write_groups(inner: Arc<Inner>, receiver: Arc<Mutex<mpsc::UnboundedRece
                 vec![Err(e.to_string()); group.len()]
             }
         };
-        if outcomes.iter().any(|o| matches!(o, Ok(true))) {
-            inner.doorbell.ring();
-        }
         for (pending, outcome) in group.into_iter().zip(outcomes) {
             // A request whose caller has gone (a dropped connection) needs no answer.
             drop(pending.reply.send(outcome));

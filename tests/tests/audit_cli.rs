@@ -65,14 +65,18 @@ async fn the_log_verifies_exports_and_replays_into_identical_read_models() {
     // The failed DNS step does not stop the hosting and mail jobs already scheduled; wait for
     // every job to finish, every subscriber to catch up and the sealer to seal the last event,
     // then stop the server so the log under test no longer moves.
+    // All nine jobs (three orders, three steps each) must be in the read model: the jobs
+    // projector runs independently of the subscriptions one and may not have applied the
+    // `JobScheduled`s yet, and an empty table has no open job either.
     app.eventually(60, "every job finished", || async {
-        let open: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM jobs WHERE status NOT IN ('SUCCEEDED', 'DEAD_LETTERED')",
+        let (jobs, open): (i64, i64) = sqlx::query_as(
+            "SELECT count(*), count(*) FILTER (WHERE status NOT IN ('SUCCEEDED', 'DEAD_LETTERED')) \
+             FROM jobs",
         )
         .fetch_one(&app.pool)
         .await
         .expect("count");
-        (open == 0).then_some(())
+        (jobs == 9 && open == 0).then_some(())
     })
     .await;
     app.eventually(30, "every subscriber caught up", || async {
