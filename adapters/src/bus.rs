@@ -243,10 +243,11 @@ where
     }
 
     /// Executes a command that normally *creates* aggregate `id`, without loading it: decides
-    /// against the empty state and appends from sequence 1. An existing aggregate makes the insert conflict on the primary key and nothing
-    /// is written, so the caller can take the ordinary path ([`Self::execute`]), which decides
-    /// against the real state: the outcome is what `execute` alone would have decided, one
-    /// round trip instead of two for the common case of a new id.
+    /// against the empty state and appends from sequence 1. An existing aggregate makes the
+    /// insert conflict on the primary key and nothing is written, so the caller can take the
+    /// ordinary path ([`Self::execute`]), which decides against the real state: the outcome is
+    /// what `execute` alone would have decided, one round trip instead of two for the common
+    /// case of a new id.
     ///
     /// # Errors
     /// [`BusError::Store`] for infrastructure failures; nothing is written on any error.
@@ -257,7 +258,7 @@ where
         metadata: &EventMetadata,
     ) -> Result<Created<A>, BusError<A::Error>> {
         let metadata = with_trace(metadata);
-        let Some((aggregate, events)) = decide_on_empty::<A>(command).await else {
+        let Some((aggregate, events)) = decide(A::default(), command).await else {
             return Ok(Created::NotDecided);
         };
         match self.append(&id.to_string(), 0, events, &metadata).await {
@@ -311,18 +312,13 @@ where
         command: A::Command,
         metadata: &EventMetadata,
     ) -> Result<Executed<A>, BusError<A::Error>> {
-        let mut state = A::default();
+        let mut held = A::default();
         for event in history {
-            state.apply(event.payload.clone());
+            held.apply(event.payload.clone());
         }
-        let sink = cqrs_es::event_sink::EventSink::default();
-        if state.handle(command.clone(), &(), &sink).await.is_err() {
+        let Some((state, events)) = decide(held, command.clone()).await else {
             return self.execute(id, command, metadata).await;
-        }
-        let events = sink.collect().await;
-        if events.is_empty() {
-            return self.execute(id, command, metadata).await;
-        }
+        };
         match self
             .append(
                 &id.to_string(),
@@ -392,13 +388,14 @@ where
     }
 }
 
-/// Decides `command` against the empty aggregate: the state after it and its events, or
-/// `None` when it was refused or decided nothing there (a creating command's shortcuts then
-/// leave the decision to the ordinary path, on the real state).
-pub(crate) async fn decide_on_empty<A: Aggregate<Services = ()>>(
+/// Decides `command` against `state` (the empty aggregate, or a history the caller holds):
+/// the state after it and its events, or `None` when it was refused or decided nothing there.
+/// The bus's shortcuts take only a decision that appends from such a state, and leave the rest
+/// to the ordinary path, on the stored state.
+pub(crate) async fn decide<A: Aggregate<Services = ()>>(
+    mut state: A,
     command: A::Command,
 ) -> Option<(A, Vec<A::Event>)> {
-    let mut state = A::default();
     let sink = cqrs_es::event_sink::EventSink::default();
     state.handle(command, &(), &sink).await.ok()?;
     let events = sink.collect().await;

@@ -18,7 +18,7 @@
 //! and does not disturb the others. A statement that fails as a whole is tried again one row
 //! at a time, so one bad row cannot fail its neighbours.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::marker::PhantomData;
 use std::sync::{Arc, Once};
 
@@ -28,7 +28,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
 
-use crate::bus::{decide_on_empty, with_trace, BusError, Doorbell, Executed};
+use crate::bus::{decide, with_trace, BusError, Doorbell, Executed};
 use crate::metadata::EventMetadata;
 
 /// The most requests one statement appends.
@@ -159,7 +159,7 @@ where
         params: serde_json::Value,
     ) -> Result<Grouped<A>, BusError<A::Error>> {
         let metadata = with_trace(metadata);
-        let Some((state, mut events)) = decide_on_empty::<A>(command).await else {
+        let Some((state, mut events)) = decide(A::default(), command).await else {
             return Ok(Grouped::NotDecided);
         };
         let (Some(event), true) = (events.pop(), events.is_empty()) else {
@@ -304,31 +304,27 @@ async fn append_group(
         .filter(|(_, f)| **f)
         .map(|(p, _)| p)
         .collect();
-    match insert(inner, connection, &rows).await {
-        Ok(written) => Ok(group
-            .iter()
-            .zip(&first)
-            .map(|(p, f)| *f && written.contains(p.aggregate_id.as_str()))
-            .collect()),
+    let written = match insert(inner, connection, &rows).await {
+        Ok(written) => written,
         Err(sqlx::Error::Database(e)) => {
             tracing::debug!(error = %e, requests = rows.len(), "group append refused; appending one by one");
-            let mut alone = HashMap::with_capacity(rows.len());
+            let mut written = HashSet::with_capacity(rows.len());
             for row in &rows {
-                let written = match insert(inner, connection, &[*row]).await {
-                    Ok(written) => !written.is_empty(),
-                    Err(sqlx::Error::Database(_)) => false,
+                match insert(inner, connection, &[*row]).await {
+                    Ok(one) => written.extend(one),
+                    Err(sqlx::Error::Database(_)) => {}
                     Err(other) => return Err(other),
-                };
-                alone.insert(row.aggregate_id.as_str(), written);
+                }
             }
-            Ok(group
-                .iter()
-                .zip(&first)
-                .map(|(p, f)| *f && alone.get(p.aggregate_id.as_str()).copied().unwrap_or(false))
-                .collect())
+            written
         }
-        Err(e) => Err(e),
-    }
+        Err(e) => return Err(e),
+    };
+    Ok(group
+        .iter()
+        .zip(&first)
+        .map(|(p, f)| *f && written.contains(p.aggregate_id.as_str()))
+        .collect())
 }
 
 /// One statement for `rows`; the ids it inserted.

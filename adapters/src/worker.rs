@@ -473,8 +473,9 @@ pub async fn sweep(
 /// Jobs to ring for. A freshly scheduled job was rung by the saga already, so it only counts
 /// after a 5 s grace, and only when `scheduled` (no backlog of bells); a retry whose time came
 /// is rung by nobody else; an expired lease means its worker died (or was taken with a clock
-/// far ahead). A cancelled job never starts again, so it is never rung. The first line is the predicate of the partial index `jobs_unfinished`,
-/// so a sweep reads the unfinished jobs only, not every job ever run.
+/// far ahead). A cancelled job never starts again, so it is never rung. The first line is the
+/// predicate of the partial index `jobs_unfinished`, so a sweep reads the unfinished jobs
+/// only, not every job ever run.
 async fn due_jobs(
     pool: &PgPool,
     lease: Duration,

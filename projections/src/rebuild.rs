@@ -543,8 +543,8 @@ async fn catch_up(
     options: &RebuildOptions,
 ) -> Result<Progress, RebuildError> {
     let mut last_log = Instant::now();
+    let metadata = Metadata::of(projector);
     loop {
-        let metadata = Metadata::of(projector);
         let events = read_after(build_pool, progress.at, options.batch_size, metadata).await?;
         if events.is_empty() {
             return Ok(progress);
