@@ -6,9 +6,10 @@ mod common;
 
 use chrono::Utc;
 use common::{event_count, schedule};
+use cqrs_es::EventEnvelope;
 use mpanel_adapters::bus::{BusError, CommandBus, Created};
 use mpanel_adapters::metadata::EventMetadata;
-use mpanel_domain::job::{JobCommand, JobError, StepOutcome};
+use mpanel_domain::job::{Job, JobCommand, JobError, StepOutcome};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -20,6 +21,17 @@ fn start() -> JobCommand {
         lease_until: now + chrono::Duration::seconds(60),
         at: now,
     }
+}
+
+/// A job scheduled through the bus, with the history a caller would hold right after.
+async fn scheduled_job(bus: &CommandBus, meta: &EventMetadata) -> (Uuid, Vec<EventEnvelope<Job>>) {
+    let id = Uuid::new_v4();
+    bus.jobs
+        .execute(id, schedule(), meta)
+        .await
+        .expect("schedule");
+    let history = bus.jobs.history(id).await.expect("history");
+    (id, history)
 }
 
 #[sqlx::test(migrations = "../migrations")]
@@ -50,12 +62,7 @@ async fn creating_an_existing_aggregate_writes_nothing_and_says_so(pool: PgPool)
 async fn a_stale_history_falls_back_to_a_fresh_decision(pool: PgPool) {
     let bus = CommandBus::new(&pool);
     let meta = EventMetadata::new("test");
-    let id = Uuid::new_v4();
-    bus.jobs
-        .execute(id, schedule(), &meta)
-        .await
-        .expect("schedule");
-    let history = bus.jobs.history(id).await.expect("history");
+    let (id, history) = scheduled_job(&bus, &meta).await;
     assert_eq!(history.len(), 1);
 
     // Another writer cancels the job after our read.
@@ -81,12 +88,7 @@ async fn a_stale_history_falls_back_to_a_fresh_decision(pool: PgPool) {
     assert_eq!(event_count(&pool, id).await, 2);
 
     // From a current history it appends right after it.
-    let other = Uuid::new_v4();
-    bus.jobs
-        .execute(other, schedule(), &meta)
-        .await
-        .expect("schedule");
-    let history = bus.jobs.history(other).await.expect("history");
+    let (other, history) = scheduled_job(&bus, &meta).await;
     let started = bus
         .jobs
         .execute_after(other, &history, start(), &meta)
@@ -100,12 +102,7 @@ async fn a_stale_history_falls_back_to_a_fresh_decision(pool: PgPool) {
 async fn a_refusal_on_a_stale_history_is_decided_again_on_the_stored_state(pool: PgPool) {
     let bus = CommandBus::new(&pool);
     let meta = EventMetadata::new("test");
-    let id = Uuid::new_v4();
-    bus.jobs
-        .execute(id, schedule(), &meta)
-        .await
-        .expect("schedule");
-    let stale = bus.jobs.history(id).await.expect("history");
+    let (id, stale) = scheduled_job(&bus, &meta).await;
 
     // Another writer starts the job after our read.
     let lease_id = Uuid::new_v4();

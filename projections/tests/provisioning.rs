@@ -11,7 +11,7 @@
 
 use chrono::{DateTime, Utc};
 use mpanel_domain::ids;
-use mpanel_domain::job::{DnsRecord, JobAction, JobEvent, ScheduleJob, StepOutcome};
+use mpanel_domain::job::{DnsRecord, JobAction, JobEvent, StepOutcome};
 use mpanel_domain::values::{DomainName, PaymentReference};
 use mpanel_domain::ProvisioningStep;
 use mpanel_projections::audit::read_model_checksums;
@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 mod common;
 
-use common::{at, commit, new_event, settle};
+use common::{at, commit, job_scheduled, new_event, settle};
 
 /// One subscription's order for `domain`: its ids.
 struct Buyer {
@@ -45,17 +45,7 @@ impl Buyer {
     }
 
     async fn schedule(&self, pool: &PgPool, step: ProvisioningStep, domain: &DomainName) {
-        let event = JobEvent::JobScheduled(ScheduleJob {
-            subscription_id: self.subscription,
-            order_id: self.order,
-            tenant_id: self.tenant,
-            step,
-            domain: Some(domain.clone()),
-            max_attempts: 5,
-            due_at: at(4),
-            action: JobAction::Provision,
-            generation: 0,
-        });
+        let event = job_scheduled(self.subscription, self.order, self.tenant, step, domain);
         commit(pool, &[new_event("Job", self.job(step), 1, &event)], "saga").await;
     }
 

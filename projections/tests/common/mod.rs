@@ -86,6 +86,27 @@ pub async fn append(conn: &mut PgConnection, events: &[NewEvent], actor: &str) -
     positions
 }
 
+/// The saga's `JobScheduled` for `step` of a subscription's first generation, due at minute 4.
+pub fn job_scheduled(
+    subscription: Uuid,
+    order: Uuid,
+    tenant: Uuid,
+    step: ProvisioningStep,
+    domain: &DomainName,
+) -> JobEvent {
+    JobEvent::JobScheduled(ScheduleJob {
+        subscription_id: subscription,
+        order_id: order,
+        tenant_id: tenant,
+        step,
+        domain: Some(domain.clone()),
+        max_attempts: 5,
+        due_at: at(4),
+        action: JobAction::Provision,
+        generation: 0,
+    })
+}
+
 pub async fn commit(pool: &PgPool, events: &[NewEvent], actor: &str) -> Vec<i64> {
     let mut tx = pool.begin().await.expect("begin");
     let positions = append(&mut tx, events, actor).await;
@@ -213,17 +234,7 @@ pub async fn seed_tenant(pool: &PgPool, slug: &str, payment: &str, domain: &str)
                 "Job",
                 job,
                 1,
-                &JobEvent::JobScheduled(ScheduleJob {
-                    subscription_id: subscription,
-                    order_id: order,
-                    tenant_id: tenant,
-                    step,
-                    domain: Some(domain.clone()),
-                    max_attempts: 5,
-                    due_at: at(4),
-                    action: JobAction::Provision,
-                    generation: 0,
-                }),
+                &job_scheduled(subscription, order, tenant, step, &domain),
             )],
             "saga",
         )
