@@ -1,104 +1,142 @@
 //! A TCP forwarder a test can switch off and on, to take a real server "down" for one app
 //! without disturbing the other tests that share it.
+//!
+//! The proxy keeps its port bound from creation to drop, up or down. A port that was only
+//! picked (bound to port 0, then released) and left free while the proxy is down can be picked
+//! again by another test's server: the app under test would then reach that server instead of
+//! a refused connection, and fail in a way the test did not stage.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Mutex;
-use tokio::task::JoinHandle;
+use tokio::task::{JoinHandle, JoinSet};
 
-/// Forwards `127.0.0.1:<port>` to `target` while up; refuses connections while down.
+/// Forwards `127.0.0.1:<port>` to `target` while up; while down, resets every connection at
+/// once (the client sees a reset, as from a host whose server is not running).
 pub struct TcpProxy {
     /// The port clients connect to.
     pub port: u16,
-    target: String,
-    delay_ms: Arc<std::sync::atomic::AtomicU64>,
-    accepted: Arc<std::sync::atomic::AtomicUsize>,
-    task: Arc<Mutex<Option<JoinHandle<()>>>>,
+    up: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
+    accepted: Arc<AtomicUsize>,
+    /// The forwarded connections: taking the proxy down aborts them, which closes them, as a
+    /// server going down would (kept-alive HTTP and SSH sessions included).
+    forwarded: Arc<Mutex<JoinSet<()>>>,
+    task: JoinHandle<()>,
 }
 
 impl TcpProxy {
-    /// A proxy on a free port, initially down.
+    /// A proxy on a free port, initially down. Must be called within a Tokio runtime.
     ///
     /// # Panics
     /// When no port is free.
     #[must_use]
     pub fn new(target: &str) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .map(|a| a.port())
-            .expect("a free port");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            .and_then(TcpListener::from_std)
+            .expect("a proxy listener on a free port");
+        let port = listener.local_addr().expect("proxy address").port();
+        let up = Arc::new(AtomicBool::new(false));
+        let delay_ms = Arc::new(AtomicU64::new(0));
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let forwarded = Arc::new(Mutex::new(JoinSet::new()));
+        let task = tokio::spawn(serve(
+            listener,
+            target.to_owned(),
+            up.clone(),
+            delay_ms.clone(),
+            accepted.clone(),
+            forwarded.clone(),
+        ));
         Self {
             port,
-            target: target.to_owned(),
-            delay_ms: Arc::new(std::sync::atomic::AtomicU64::new(0)),
-            accepted: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            task: Arc::new(Mutex::new(None)),
+            up,
+            delay_ms,
+            accepted,
+            forwarded,
+            task,
         }
     }
 
     /// Makes every forwarded connection wait `delay` before it reaches the target (a slow
     /// server), so a test can act while requests are in flight.
     #[must_use]
-    pub fn slow(self, delay: std::time::Duration) -> Self {
+    pub fn slow(self, delay: Duration) -> Self {
         self.set_delay(delay);
         self
     }
 
     /// Changes the delay of connections accepted from now on.
-    pub fn set_delay(&self, delay: std::time::Duration) {
+    pub fn set_delay(&self, delay: Duration) {
         let ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        self.delay_ms.store(ms, std::sync::atomic::Ordering::SeqCst);
+        self.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Starts forwarding.
-    ///
-    /// # Panics
-    /// When the port cannot be bound.
     pub async fn up(&self) {
-        let mut slot = self.task.lock().await;
-        if slot.is_some() {
-            return;
-        }
-        let listener = TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .expect("bind proxy port");
-        let target = self.target.clone();
-        let delay_ms = self.delay_ms.clone();
-        let accepted = self.accepted.clone();
-        *slot = Some(tokio::spawn(async move {
-            // The forwarded connections live in this task's set: taking the proxy down drops
-            // it, which closes them, as a server going down would (kept-alive HTTP and SSH
-            // sessions included).
-            let mut connections = tokio::task::JoinSet::new();
-            while let Ok((mut inbound, _)) = listener.accept().await {
-                accepted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let target = target.clone();
-                let delay = std::time::Duration::from_millis(
-                    delay_ms.load(std::sync::atomic::Ordering::SeqCst),
-                );
-                while connections.try_join_next().is_some() {}
-                connections.spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    if let Ok(mut outbound) = TcpStream::connect(&target).await {
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    }
-                });
-            }
-        }));
+        self.up.store(true, Ordering::SeqCst);
     }
 
-    /// How many connections the proxy has accepted since it was made.
+    /// How many connections the proxy has forwarded since it was made.
     #[must_use]
     pub fn accepted(&self) -> usize {
-        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+        self.accepted.load(Ordering::SeqCst)
     }
 
-    /// Stops accepting (new connections are refused) and closes the forwarded ones.
+    /// Stops forwarding (new connections are reset) and closes the forwarded ones.
     pub async fn down(&self) {
-        if let Some(task) = self.task.lock().await.take() {
-            task.abort();
-            let _ = task.await;
+        self.up.store(false, Ordering::SeqCst);
+        if let Ok(mut forwarded) = self.forwarded.lock() {
+            forwarded.abort_all();
         }
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Ok(mut forwarded) = self.forwarded.lock() {
+            forwarded.abort_all();
+        }
+    }
+}
+
+/// The accept loop, for the proxy's whole life.
+async fn serve(
+    listener: TcpListener,
+    target: String,
+    up: Arc<AtomicBool>,
+    delay_ms: Arc<AtomicU64>,
+    accepted: Arc<AtomicUsize>,
+    forwarded: Arc<Mutex<JoinSet<()>>>,
+) {
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            // Out of descriptors, say: try again shortly rather than spin.
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            continue;
+        };
+        if !up.load(Ordering::SeqCst) {
+            // Reset, not a graceful close: the client fails at once, as on a refused connect.
+            let _ = inbound.set_zero_linger();
+            drop(inbound);
+            continue;
+        }
+        accepted.fetch_add(1, Ordering::SeqCst);
+        let target = target.clone();
+        let delay = Duration::from_millis(delay_ms.load(Ordering::SeqCst));
+        let Ok(mut forwarded) = forwarded.lock() else {
+            return;
+        };
+        while forwarded.try_join_next().is_some() {}
+        forwarded.spawn(async move {
+            tokio::time::sleep(delay).await;
+            if let Ok(mut outbound) = TcpStream::connect(&target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
     }
 }
