@@ -23,7 +23,9 @@ use std::marker::PhantomData;
 use std::sync::{Arc, Once};
 
 use cqrs_es::{Aggregate, DomainEvent, EventEnvelope};
+use serde_json::value::RawValue;
 use sqlx::postgres::PgConnectOptions;
+use sqlx::types::Json;
 use sqlx::{Connection, PgConnection, PgPool};
 use tokio::sync::{mpsc, oneshot, Mutex};
 use uuid::Uuid;
@@ -54,14 +56,16 @@ pub enum Grouped<A: Aggregate> {
     NotDecided,
 }
 
-/// One request waiting for its group's statement.
+/// One request waiting for its group's statement. The payload and metadata are serialised by
+/// the request's own task, once, straight to JSON text: the writer is the one serial step of
+/// the intake, so it only copies bytes.
 struct Pending {
     aggregate_id: String,
     event_type: String,
     event_version: String,
-    payload: serde_json::Value,
-    metadata: serde_json::Value,
-    params: serde_json::Value,
+    payload: Box<RawValue>,
+    metadata: Box<RawValue>,
+    params: Arc<RawValue>,
     reply: oneshot::Sender<Result<bool, String>>,
 }
 
@@ -147,7 +151,9 @@ where
 
     /// Executes a command that normally *creates* aggregate `id`: decides it against the empty
     /// state and appends its one event at sequence 1 with the next group, if the aggregate has
-    /// no event yet and the precondition holds for `params` (the row's `want`).
+    /// no event yet and the precondition holds for `params` (the row's `want`, JSON text; rows
+    /// whose `params` are equal share one evaluation, so a caller that reuses one snapshot for
+    /// many requests should pass the same `Arc`).
     ///
     /// # Errors
     /// [`BusError::Store`] when the statement failed; nothing is written for this request.
@@ -156,7 +162,7 @@ where
         id: Uuid,
         command: A::Command,
         metadata: &EventMetadata,
-        params: serde_json::Value,
+        params: Arc<RawValue>,
     ) -> Result<Grouped<A>, BusError<A::Error>> {
         let metadata = with_trace(metadata);
         let Some((state, mut events)) = decide(A::default(), command).await else {
@@ -172,8 +178,8 @@ where
             aggregate_id: id.to_string(),
             event_type: pending_type.clone(),
             event_version: event.event_version(),
-            payload: serde_json::to_value(&event).map_err(store)?,
-            metadata: serde_json::to_value(&metadata).map_err(store)?,
+            payload: serde_json::value::to_raw_value(&event).map_err(store)?,
+            metadata: serde_json::value::to_raw_value(&metadata).map_err(store)?,
             params,
             reply,
         };
@@ -334,15 +340,16 @@ async fn insert(
     rows: &[&Pending],
 ) -> Result<HashSet<String>, sqlx::Error> {
     let column = |f: fn(&Pending) -> &str| rows.iter().map(|p| f(p)).collect::<Vec<_>>();
-    let json =
-        |f: fn(&Pending) -> &serde_json::Value| rows.iter().map(|p| f(p)).collect::<Vec<_>>();
-    let mut wants: Vec<&serde_json::Value> = Vec::new();
+    let json = |f: fn(&Pending) -> &RawValue| rows.iter().map(|p| Json(f(p))).collect::<Vec<_>>();
+    let mut wants: Vec<Json<&RawValue>> = Vec::new();
     let mut want_n: Vec<i64> = Vec::with_capacity(rows.len());
     for row in rows {
-        let at = match wants.iter().position(|w| **w == row.params) {
+        let same =
+            |w: &Json<&RawValue>| std::ptr::eq(w.0, &*row.params) || w.0.get() == row.params.get();
+        let at = match wants.iter().position(same) {
             Some(at) => at,
             None => {
-                wants.push(&row.params);
+                wants.push(Json(&row.params));
                 wants.len() - 1
             }
         };
@@ -354,8 +361,8 @@ async fn insert(
         .bind(column(|p| &p.aggregate_id))
         .bind(column(|p| &p.event_type))
         .bind(column(|p| &p.event_version))
-        .bind(json(|p| &p.payload))
-        .bind(json(|p| &p.metadata))
+        .bind(json(|p| &*p.payload))
+        .bind(json(|p| &*p.metadata))
         .bind(wants)
         .bind(want_n)
         .fetch_all(connection)

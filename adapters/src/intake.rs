@@ -8,7 +8,7 @@
 //! same body), different purchase → refused (409).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -19,6 +19,7 @@ use mpanel_domain::order::{
 use mpanel_domain::step::ProvisioningStep;
 use mpanel_domain::values::{Currency, DomainName, Email, Money, PaymentReference, TenantSlug};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -121,24 +122,34 @@ const CACHE_CAPACITY: usize = 10_000;
 /// nothing, the entry is dropped and the order takes the ordinary path.
 #[derive(Debug, Default)]
 pub struct CatalogCache {
-    entries: Mutex<HashMap<(Uuid, Uuid), (Instant, PriceRow)>>,
+    entries: Mutex<HashMap<(Uuid, Uuid), Sold>>,
+}
+
+/// A sold price as the cache holds it: the row, and the snapshot [`SNAPSHOT_STILL_SOLD`]
+/// compares, serialised once for every order placed from it (and shared by them, so a group
+/// of such orders evaluates it once).
+#[derive(Debug, Clone)]
+struct Sold {
+    at: Instant,
+    row: PriceRow,
+    want: Arc<RawValue>,
 }
 
 impl CatalogCache {
-    fn get(&self, tenant_id: Uuid, price_id: Uuid) -> Option<PriceRow> {
+    fn get(&self, tenant_id: Uuid, price_id: Uuid) -> Option<Sold> {
         let entries = self.entries.lock().ok()?;
         entries
             .get(&(tenant_id, price_id))
-            .filter(|(at, _)| at.elapsed() < CACHE_TTL)
-            .map(|(_, row)| row.clone())
+            .filter(|sold| sold.at.elapsed() < CACHE_TTL)
+            .cloned()
     }
 
-    fn put(&self, price_id: Uuid, row: &PriceRow) {
+    fn put(&self, price_id: Uuid, sold: &Sold) {
         if let Ok(mut entries) = self.entries.lock() {
             if entries.len() >= CACHE_CAPACITY {
                 entries.clear();
             }
-            entries.insert((row.tenant_id, price_id), (Instant::now(), row.clone()));
+            entries.insert((sold.row.tenant_id, price_id), sold.clone());
         }
     }
 
@@ -162,9 +173,9 @@ pub const SNAPSHOT_STILL_SOLD: &str = "EXISTS (SELECT 1 FROM prices pr \
        AND pr.amount_minor = (want->>'amountMinor')::bigint AND pr.currency = want->>'currency' \
        AND pr.interval = want->>'interval')";
 
-/// The snapshot [`SNAPSHOT_STILL_SOLD`] compares with the catalog.
-fn still_sold(price_id: Uuid, row: &PriceRow) -> serde_json::Value {
-    serde_json::json!({
+/// The snapshot [`SNAPSHOT_STILL_SOLD`] compares with the catalog, as JSON text.
+fn still_sold(price_id: Uuid, row: &PriceRow) -> Result<Arc<RawValue>, IntakeError> {
+    let want = serde_json::json!({
         "tenantId": row.tenant_id,
         "priceId": price_id,
         "productId": row.product_id,
@@ -173,7 +184,10 @@ fn still_sold(price_id: Uuid, row: &PriceRow) -> serde_json::Value {
         "amountMinor": row.amount_minor,
         "currency": row.currency,
         "interval": row.interval,
-    })
+    });
+    Ok(serde_json::value::to_raw_value(&want)
+        .map_err(storage)?
+        .into())
 }
 
 /// Places (or recognises) an order.
@@ -204,26 +218,28 @@ pub async fn place_order(
     tracing::Span::current().record("order_id", tracing::field::display(order_id));
     let metadata = metadata.correlated(order_id);
 
-    let row = match bus.catalog.get(tenant_id, request.price_id) {
-        Some(row) => Some(row),
+    let sold = match bus.catalog.get(tenant_id, request.price_id) {
+        Some(sold) => Some(sold),
         None => {
             let row = lookup(pool, tenant_id, request.price_id).await?;
             if row.sold() {
-                bus.catalog.put(request.price_id, &row);
+                let sold = Sold {
+                    at: Instant::now(),
+                    want: still_sold(request.price_id, &row)?,
+                    row,
+                };
+                bus.catalog.put(request.price_id, &sold);
+                Some(sold)
+            } else {
+                None
             }
-            Some(row)
         }
     };
-    if let Some(row) = row.filter(PriceRow::sold) {
+    if let Some(Sold { row, want, .. }) = sold {
         let command = place_command(&request, tenant_id, &row)?;
         let grouped = bus
             .order_intake
-            .create(
-                order_id,
-                command,
-                &metadata,
-                still_sold(request.price_id, &row),
-            )
+            .create(order_id, command, &metadata, want)
             .await
             .map_err(storage)?;
         match grouped {

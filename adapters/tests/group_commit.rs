@@ -28,8 +28,9 @@ async fn create(
     id: Uuid,
     want: serde_json::Value,
 ) -> Result<Grouped<Job>, String> {
+    let want = serde_json::value::to_raw_value(&want).expect("serialisable");
     appender
-        .create(id, schedule(), &EventMetadata::new("test"), want)
+        .create(id, schedule(), &EventMetadata::new("test"), want.into())
         .await
         .map_err(|e| e.to_string())
 }
