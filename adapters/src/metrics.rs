@@ -12,11 +12,11 @@
 
 use std::collections::BTreeSet;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
+use axum::http::{Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use metrics::SharedString;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use sqlx::PgPool;
 use tokio::sync::watch;
@@ -193,23 +193,34 @@ pub fn order_activated(after: Duration) {
     ::metrics::histogram!(ORDER_ACTIVATION).record(after.as_secs_f64());
 }
 
-/// Middleware counting and timing every request by its route *template* (`/api/orders/{id}`,
-/// never the raw URI, so label cardinality stays bounded); unmatched paths count as
-/// `unmatched`. Layered on the router (inside routing), so `MatchedPath` is known.
-pub async fn track_http(request: Request, next: Next) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
-    let method = request.method().as_str().to_owned();
-    let start = Instant::now();
-    let response = next.run(request).await;
-    let elapsed = start.elapsed().as_secs_f64();
-    let status = response.status().as_u16().to_string();
+/// Counts and times one answered request by its route *template* (`/api/orders/{id}`, never
+/// the raw URI, so label cardinality stays bounded; `None`: unmatched) — called by the
+/// router's inner middleware, which sits inside routing so the template is known. The method
+/// and status labels of ordinary requests are static strings: this runs for every request.
+pub fn record_http(route: Option<&str>, method: &Method, status: StatusCode, elapsed: Duration) {
+    let route = route.map_or(SharedString::const_str("unmatched"), |r| {
+        SharedString::from(r.to_owned())
+    });
+    let method = match *method {
+        Method::GET => SharedString::const_str("GET"),
+        Method::POST => SharedString::const_str("POST"),
+        Method::PATCH => SharedString::const_str("PATCH"),
+        Method::DELETE => SharedString::const_str("DELETE"),
+        Method::PUT => SharedString::const_str("PUT"),
+        Method::OPTIONS => SharedString::const_str("OPTIONS"),
+        Method::HEAD => SharedString::const_str("HEAD"),
+        ref other => SharedString::from(other.as_str().to_owned()),
+    };
+    let status = match status.as_u16() {
+        200 => SharedString::const_str("200"),
+        201 => SharedString::const_str("201"),
+        204 => SharedString::const_str("204"),
+        _ => SharedString::from(status.as_str().to_owned()),
+    };
     ::metrics::counter!(HTTP_REQUESTS, "route" => route.clone(), "method" => method.clone(), "status" => status)
         .increment(1);
-    ::metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method).record(elapsed);
-    response
+    ::metrics::histogram!(HTTP_DURATION, "route" => route, "method" => method)
+        .record(elapsed.as_secs_f64());
 }
 
 /// Refreshes the shared gauges every `interval` until `shutdown`: feed lag per subscriber,

@@ -4,6 +4,7 @@ mod as_of;
 mod audit;
 pub mod auth;
 mod catalog;
+mod edge;
 mod health;
 mod json;
 mod lifecycle;
@@ -252,15 +253,7 @@ pub fn router(state: AppState) -> Router {
     let app = routes
         .fallback(|| async { ApiError::NotFound("no such route") })
         .layer(DefaultBodyLimit::max(BODY_LIMIT_BYTES))
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            rate_limit::limit,
-        ))
-        // Inside routing (so the route template is known) and outside the rate limit (so 429s
-        // are counted too).
-        .layer(axum::middleware::from_fn(crate::metrics::track_http))
-        // Inside routing: the request span learns its route template.
-        .layer(axum::middleware::from_fn(trace::record_route));
+        .layer(edge::EdgeLayer::new(state.clone()));
     let app = match cors(&state.cors_origins) {
         Some(cors) => app.layer(cors),
         None => app,

@@ -24,10 +24,8 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{ConnectInfo, Request};
 use axum::http::HeaderMap;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use uuid::Uuid;
@@ -151,33 +149,32 @@ fn retry_after_secs(wait: Duration) -> u64 {
     secs.max(1)
 }
 
-/// The middleware: charges the request, or answers 429 problem+json with `Retry-After`.
-pub async fn limit(State(state): State<AppState>, request: Request, next: Next) -> Response {
+/// Charges the request to its budget (client address, webhook key or user): `Err` is the 429
+/// to answer (problem+json with `Retry-After`). Health and metrics paths are never charged.
+/// Called by the router's one inner middleware (`super::edge`).
+pub(super) fn admit(state: &AppState, request: &Request) -> Result<(), ApiError> {
     if EXEMPT_PATHS.contains(&request.uri().path()) {
-        return next.run(request).await;
+        return Ok(());
     }
     let peer = request
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(addr)| addr.ip());
-    let charge = charge(&state, request.headers(), peer);
-    match state.limiter.check(charge) {
-        Ok(()) => next.run(request).await,
-        Err(wait) => {
-            let kind = match charge {
-                Charge::Client(_) => "client",
-                Charge::WebhookKey => "webhook_key",
-                Charge::User(_) => "user",
-            };
-            tracing::warn!(
-                budget = kind,
-                client_addr = %peer.map(|ip| ip.to_string()).unwrap_or_default(),
-                path = request.uri().path(),
-                "rate limited"
-            );
-            ApiError::RateLimited(retry_after_secs(wait)).into_response()
-        }
-    }
+    let charge = charge(state, request.headers(), peer);
+    state.limiter.check(charge).map_err(|wait| {
+        let kind = match charge {
+            Charge::Client(_) => "client",
+            Charge::WebhookKey => "webhook_key",
+            Charge::User(_) => "user",
+        };
+        tracing::warn!(
+            budget = kind,
+            client_addr = %peer.map(|ip| ip.to_string()).unwrap_or_default(),
+            path = request.uri().path(),
+            "rate limited"
+        );
+        ApiError::RateLimited(retry_after_secs(wait))
+    })
 }
 
 #[cfg(test)]

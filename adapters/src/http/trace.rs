@@ -8,9 +8,6 @@
 
 use std::time::Duration;
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
-use axum::response::Response;
 use http::HeaderName;
 use tower_http::classify::{ServerErrorsAsFailures, SharedClassifier};
 use tower_http::trace::{DefaultOnRequest, MakeSpan, OnResponse, TraceLayer};
@@ -76,10 +73,9 @@ impl<B> OnResponse<B> for Finished {
 }
 
 /// Records the matched route template (`/api/orders/{id}`) on the request span; unmatched
-/// requests (404) keep it empty.
-pub(super) async fn record_route(request: Request, next: Next) -> Response {
-    if let Some(route) = request.extensions().get::<MatchedPath>() {
-        Span::current().record("route", route.as_str());
+/// requests (404) keep it empty. Called by the router's inner middleware (`super::edge`).
+pub(super) fn record_route(route: Option<&str>) {
+    if let Some(route) = route {
+        Span::current().record("route", route);
     }
-    next.run(request).await
 }
