@@ -9,6 +9,7 @@
 # Brings up the stack (not the dev server), builds release binaries, and measures:
 #   raw_insert_tps_c1/c16       pgbench: one ~250-byte jsonb row per transaction (the raw limit)
 #   intake_ops_c1/c16, intake_p99_ms_c16, intake_ratio_c16 = intake_ops_c16 / raw_insert_tps_c16
+#   http_ceiling_ops_c16/_ratio_c16  the same load against mpanel-nullapi (parse and answer only)
 #   activate_p50/p99_ms_stub    webhook accept → SubscriptionActivated at a steady rate, instant provisioners
 #   activate_p50/p99_ms_real    the same against the real loopback PowerDNS / sshd / Dovecot (lower rate)
 #   rebuild_events_per_s        `mpanel projections rebuild all` over generated events (+ 100k vs 1M scaling)
@@ -51,8 +52,9 @@ set -a
 source "$STACK_ENV_FILE"
 set +a
 
-# MPANEL_BENCH_BIN: a directory of already built `mpanel` + `mpanel-loadgen` + `mpanel-eventgen`
-# (e.g. a copy of the binaries of an older commit, to measure before and after on one machine).
+# MPANEL_BENCH_BIN: a directory of already built `mpanel`, `mpanel-loadgen`, `mpanel-eventgen`
+# and `mpanel-nullapi` (e.g. a copy of the binaries of an older commit, to measure before and
+# after on one machine).
 if [[ -n ${MPANEL_BENCH_BIN:-} ]]; then
   BIN=$MPANEL_BENCH_BIN
 else
@@ -62,6 +64,7 @@ else
 fi
 BENCH_PORT=2291
 BENCH_PORT2=2292
+NULL_PORT=2293
 DB=mpanel_bench
 # Postgres runs on this host, so everything here — pgbench's baseline, mpanel, the polls —
 # reaches it over its Unix socket, as a single-host install would be configured
@@ -202,6 +205,23 @@ done
 stop "$api_pid"
 R[intake_ratio_c16]=$(python3 -c "print(round(${R[intake_ops_c16]} / ${R[raw_insert_tps_c16]}, 3))")
 
+# The HTTP ceiling: the same load generator against `mpanel-nullapi` (bench/src/bin/nullapi.rs),
+# which parses each order and answers like the webhook but decides and stores nothing. On two
+# shared cores the load generator and the HTTP exchange alone cap what the intake can reach.
+"$BIN/mpanel-nullapi" --listen "127.0.0.1:$NULL_PORT" </dev/null >>"$OUT/nullapi.log" 2>&1 &
+null_pid=$!
+pids+=("$null_pid")
+for ((i = 0; i < 50; i++)); do
+  curl -fsS -o /dev/null -X POST -d '{}' "http://127.0.0.1:$NULL_PORT/api/orders" 2>/dev/null && break
+  sleep 0.1
+done
+res=$("$BIN/mpanel-loadgen" --url "http://127.0.0.1:$NULL_PORT" --concurrency 16 --count "$INTAKE_C16" --label http_ceiling_c16)
+echo "$res" >>"$OUT/loadgen.ndjson"
+R[http_ceiling_ops_c16]=$(json_field opsPerSecond <<<"$res")
+R[http_ceiling_ratio_c16]=$(python3 -c "print(round(${R[http_ceiling_ops_c16]} / ${R[raw_insert_tps_c16]}, 3))")
+stop "$null_pid"
+log "HTTP ceiling c16 (parse and answer, nothing stored): $res"
+
 # The whole pipeline in one `mpanel serve` (the backlog above is provisioned meanwhile): its
 # throughput and peak memory.
 start serve "$BENCH_PORT" "${fake[@]}"
@@ -326,6 +346,7 @@ rows = [
   ("intake orders/s, c16, whole serve", f"{s['intake_ops_c16_serve']:.0f}", "pipeline on 2 cores"),
   ("intake ratio c16", f"{s['intake_ratio_c16']:.2f}", "goal >= 0.5"),
   ("intake p99 ms, c16", f"{s['intake_p99_ms_c16']:.1f}", ""),
+  ("HTTP ceiling orders/s c16 / ratio", f"{s['http_ceiling_ops_c16']:.0f} / {s['http_ceiling_ratio_c16']:.2f}", "nothing stored"),
   ("activation p50 / p99 ms, instant, 200/s", f"{s['activate_p50_ms_stub']} / {s['activate_p99_ms_stub']}", "goal p99 < 100"),
   (f"activation p50 / p99 ms, instant, {s['activate_low_rate']}/s", f"{s['activate_p50_ms_stub_low_rate']} / {s['activate_p99_ms_stub_low_rate']}", "below saturation"),
   ("activation p50 / p99 ms, real", f"{s['activate_p50_ms_real']} / {s['activate_p99_ms_real']}", "goal p99 < 1000"),
