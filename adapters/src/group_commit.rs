@@ -152,8 +152,7 @@ where
     /// Executes a command that normally *creates* aggregate `id`: decides it against the empty
     /// state and appends its one event at sequence 1 with the next group, if the aggregate has
     /// no event yet and the precondition holds for `params` (the row's `want`, JSON text; rows
-    /// whose `params` are equal share one evaluation, so a caller that reuses one snapshot for
-    /// many requests should pass the same `Arc`).
+    /// of one group whose `params` are equal share one evaluation).
     ///
     /// # Errors
     /// [`BusError::Store`] when the statement failed; nothing is written for this request.
@@ -344,9 +343,7 @@ async fn insert(
     let mut wants: Vec<Json<&RawValue>> = Vec::new();
     let mut want_n: Vec<i64> = Vec::with_capacity(rows.len());
     for row in rows {
-        let same =
-            |w: &Json<&RawValue>| std::ptr::eq(w.0, &*row.params) || w.0.get() == row.params.get();
-        let at = match wants.iter().position(same) {
+        let at = match wants.iter().position(|w| w.0.get() == row.params.get()) {
             Some(at) => at,
             None => {
                 wants.push(Json(&row.params));
