@@ -596,14 +596,9 @@ sshd_keys() {
   chmod 0644 "$SSH_KNOWN_HOSTS_FILE"
 }
 
-sshd_start() {
-  sshd_keys
-  if sshd_running; then
-    wait_until 10 "sshd on 127.0.0.1:$SSH_PORT_" "$SSHD_LOG" sshd_ready || return 1
-    log "sshd: already running (pid $(read_pid "$SSHD_PID"))"
-    return 0
-  fi
-  cat >"$SSHD_CONF" <<EOF
+# sshd_config — the stack's sshd configuration, on standard output.
+sshd_config() {
+  cat <<EOF
 # Written by scripts/lib/stack.sh on every start; edits are overwritten.
 ListenAddress 127.0.0.1:$SSH_PORT_
 HostKey "$SSHD_HOST_KEY"
@@ -630,11 +625,36 @@ MaxStartups 200:30:400
 MaxSessions 100
 LoginGraceTime 30
 Subsystem sftp internal-sftp
+# Every provisioning job is one command, run by root's login shell. Debian's bash reads
+# ~/.bashrc for a command sent over SSH unless SHLVL says it is not a top-level shell, and
+# root's ~/.bashrc on these machines runs pyenv's start-up: ~100 processes and ~80 ms per
+# command (docs/adr/0023). A web or mail server's shell start-up is not what mpanel is
+# measured or tested on.
+SetEnv SHLVL=1
 EOF
+}
+
+sshd_start() {
+  sshd_keys
+  local changed=0
+  if [[ ! -f $SSHD_CONF ]] || ! cmp -s <(sshd_config) "$SSHD_CONF"; then
+    sshd_config >"$SSHD_CONF"
+    changed=1
+  fi
   install -d -m 0755 /run/sshd
   if ! /usr/sbin/sshd -t -f "$SSHD_CONF" >>"$SSHD_LOG" 2>&1; then
     show_log_tail "$SSHD_LOG"
     die "sshd: config test failed"
+  fi
+  if sshd_running; then
+    if ((changed)); then
+      # SIGHUP: sshd re-executes itself with the new configuration; open sessions stay.
+      log "sshd: configuration changed; reloading"
+      kill -HUP "$(read_pid "$SSHD_PID")"
+    fi
+    wait_until 10 "sshd on 127.0.0.1:$SSH_PORT_" "$SSHD_LOG" sshd_ready || return 1
+    log "sshd: already running (pid $(read_pid "$SSHD_PID"))"
+    return 0
   fi
   rm -f "$SSHD_PID"
   log "sshd: starting on 127.0.0.1:$SSH_PORT_"
