@@ -115,8 +115,14 @@ async fn a_paid_order_is_placed_and_the_saga_opens_its_subscription_and_jobs() {
             .await
             .expect("order row");
     assert_eq!(
-        (email.as_str(), domain.as_str(), order_status.as_str()),
-        ("jane@example.com", "example.com", "PAID")
+        (email.as_str(), domain.as_str()),
+        ("jane@example.com", "example.com")
+    );
+    // The real provisioners may already have finished (tens of milliseconds on the loopback
+    // servers), so the order may be fulfilled by now; it is never anything else.
+    assert!(
+        matches!(order_status.as_str(), "PAID" | "FULFILLED"),
+        "{order_status}"
     );
     let customers: i64 =
         sqlx::query_scalar("SELECT count(*) FROM customers WHERE email = 'jane@example.com'")
