@@ -78,6 +78,8 @@ else
   export DATABASE_URL="postgres://postgres:$PG_PASSWORD@127.0.0.1:$PG_PORT/$DB?host=$PG_SOCKET_DIR"
 fi
 export REDIS_KEY_PREFIX="mpanel-bench-$$"
+# The bench databases' admin (used to undo the real-server phase); a new one every run.
+BENCH_ADMIN_PASSWORD=$(openssl rand -hex 16)
 export RATE_LIMIT_MAX_REQUESTS=100000000 RATE_LIMIT_CREDENTIAL_MAX_REQUESTS=100000000
 export RUST_LOG=warn
 PSQL=("$PG_BIN/psql" -X -q -At -v ON_ERROR_STOP=1 -h "$PG_HOST" -p "$PG_PORT" -U postgres)
@@ -95,9 +97,10 @@ fresh_db() {
   "${PSQL[@]}" -d postgres -c "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
   "$BIN/mpanel" migrate 2>/dev/null
   local seeded
-  seeded=$(MPANEL_SEED_ADMIN_PASSWORD=bench-admin-password "$BIN/mpanel" seed demo 2>/dev/null)
+  seeded=$(MPANEL_SEED_ADMIN_PASSWORD=$BENCH_ADMIN_PASSWORD "$BIN/mpanel" seed demo 2>/dev/null)
   PRICE=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["priceId"])' <<<"$seeded")
   PRODUCT=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["productId"])' <<<"$seeded")
+  BENCH_ADMIN_EMAIL=$(json_field adminEmail <<<"$seeded")
   export DEMO_PRICE_ID=$PRICE
 }
 
@@ -288,14 +291,40 @@ real_mark=$("${PSQL[@]}" -d "$DB" -c "SELECT coalesce(max(global_position), 0) F
 activation_run "$REAL_RATE" "$REAL_SECS" activate_real
 R[activate_p50_ms_real]=$p50 R[activate_p99_ms_real]=$p99
 log "activation (real PowerDNS/sshd/Dovecot, $REAL_RATE/s, $n orders): p50 $p50 ms, p99 $p99 ms"
-# Remove this phase's zones again (hosting dirs and mailboxes stay in the stack's data dir);
-# the instant provisioners' zones never reached PowerDNS (tens of thousands in a full run).
-for zone in $("${PSQL[@]}" -d "$DB" -c "SELECT z.zone FROM dns_zones z
-                 JOIN orders o ON o.subscription_id = z.subscription_id
-                 JOIN events e ON e.aggregate_type = 'Order' AND e.aggregate_id = o.id::text AND e.sequence = 1
-                 WHERE e.global_position > $real_mark"); do
-  curl -fs -o /dev/null -X DELETE -H "X-API-Key: $POWERDNS_API_KEY" "$POWERDNS_API_URL/api/v1/servers/localhost/zones/$zone" || true
-done
+# Undo this phase on the servers through mpanel's own path, so repeated runs do not pile zones,
+# accounts and mailboxes up on the stack (the mail script rewrites its whole passwd-file per
+# job): an admin terminates each of its subscriptions (zone deleted, web root and Maildir moved
+# to the archives, passwd-file line removed; ADR 0016), then the archives of these bench-only
+# domains are deleted. The instant provisioners' orders never reached a server.
+undo_real_phase() {
+  local token domains subs id i left
+  token=$(curl -fsS -X POST -H 'content-type: application/json' \
+    -d "{\"email\":\"$BENCH_ADMIN_EMAIL\",\"password\":\"$BENCH_ADMIN_PASSWORD\"}" \
+    "http://127.0.0.1:$BENCH_PORT/api/auth/login" | json_field accessToken) || {
+    warn "clean-up: admin login failed; this phase's accounts stay on the stack"
+    return 0
+  }
+  subs="SELECT o.subscription_id FROM orders o JOIN events e ON e.aggregate_type = 'Order'
+          AND e.aggregate_id = o.id::text AND e.sequence = 1 WHERE e.global_position > $real_mark"
+  for id in $("${PSQL[@]}" -d "$DB" -c "$subs"); do
+    curl -fsS -o /dev/null -X POST -H "authorization: Bearer $token" -H 'content-type: application/json' \
+      -d '{"reason":"bench clean-up"}' "http://127.0.0.1:$BENCH_PORT/api/subscriptions/$id/terminate" ||
+      warn "clean-up: terminating $id failed"
+  done
+  for ((i = 0; i < 240; i++)); do
+    left=$("${PSQL[@]}" -d "$DB" -c "SELECT count(*) FROM subscriptions WHERE id IN ($subs) AND status <> 'TERMINATED'")
+    [[ $left == 0 ]] && break
+    sleep 0.5
+  done
+  [[ $left == 0 ]] || warn "clean-up: $left subscriptions not terminated in 2 min"
+  domains=$("${PSQL[@]}" -d "$DB" -c "SELECT s.domain FROM subscriptions s WHERE s.id IN ($subs) AND s.status = 'TERMINATED'")
+  for domain in $domains; do
+    # Bench domains only (the load generator's b<hex>.bench.example), never a glob of input.
+    [[ $domain =~ ^b[0-9a-f]+\.bench\.example$ ]] || continue
+    rm -rf -- "$HOSTING_ARCHIVE_DIR/$domain".* "$MAIL_ARCHIVE_DIR/postmaster@$domain".*
+  done
+}
+undo_real_phase
 stop "$serve_pid"
 
 # ---- 5. scaling: one vs two API processes (API path alone, as in 2) -----------------------------
