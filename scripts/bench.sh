@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks, each figure paired with a baseline measured in the same run on the same Postgres:
 #
-#   scripts/bench.sh            full run (~6 min on 2 cores)
+#   scripts/bench.sh            full run (~4 min on 2 cores, after the release build)
 #   scripts/bench.sh --quick    smaller counts (< 5 min)
 #   scripts/bench.sh --profile  only the intake at c16, under `perf record -a`: CPU by process
 #                               and mpanel's hottest symbols (target/bench/profile.txt)
