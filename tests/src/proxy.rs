@@ -89,6 +89,11 @@ impl TcpProxy {
     /// Stops forwarding (new connections are reset) and closes the forwarded ones.
     pub async fn down(&self) {
         self.up.store(false, Ordering::SeqCst);
+        self.close_forwarded();
+    }
+
+    /// Aborts every forwarded connection's task, which closes both of its sockets.
+    fn close_forwarded(&self) {
         if let Ok(mut forwarded) = self.forwarded.lock() {
             forwarded.abort_all();
         }
@@ -98,9 +103,7 @@ impl TcpProxy {
 impl Drop for TcpProxy {
     fn drop(&mut self) {
         self.task.abort();
-        if let Ok(mut forwarded) = self.forwarded.lock() {
-            forwarded.abort_all();
-        }
+        self.close_forwarded();
     }
 }
 
