@@ -98,8 +98,8 @@ fresh_db() {
   "$BIN/mpanel" migrate 2>/dev/null
   local seeded
   seeded=$(MPANEL_SEED_ADMIN_PASSWORD=$BENCH_ADMIN_PASSWORD "$BIN/mpanel" seed demo 2>/dev/null)
-  PRICE=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["priceId"])' <<<"$seeded")
-  PRODUCT=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["productId"])' <<<"$seeded")
+  PRICE=$(json_field priceId <<<"$seeded")
+  PRODUCT=$(json_field productId <<<"$seeded")
   BENCH_ADMIN_EMAIL=$(json_field adminEmail <<<"$seeded")
   export DEMO_PRICE_ID=$PRICE
 }
